@@ -1,0 +1,355 @@
+//! Portcullis benchmark: `tools/call` directly against an in-process upstream
+//! and through the gateway, for both MCP protocol eras, in the same run.
+//!
+//! See docs/performance.md for what each figure means.
+
+mod client;
+mod gateway;
+mod load;
+mod report;
+mod stats;
+mod upstream;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use client::{Endpoint, Era};
+use gateway::Gateway;
+use report::EraReport;
+use upstream::Upstream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EraArg {
+    Legacy,
+    Modern,
+    Both,
+}
+
+/// Benchmarks MCP tools/call directly against an upstream and through Portcullis.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis-bench", version)]
+struct Args {
+    /// Sequential calls for the 1-connection latency phase.
+    #[arg(long, default_value_t = 5000)]
+    calls: usize,
+    /// Warm-up calls before the latency phase.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Concurrent connections for the saturation phase.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Duration of the saturation phase, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Which protocol era(s) to benchmark.
+    #[arg(long, value_enum, default_value_t = EraArg::Both)]
+    era: EraArg,
+    /// Gateway binary (default: `portcullis` next to this executable, else ./target/release/portcullis).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Benchmark an already running gateway at this MCP URL (loopback only) instead of spawning one.
+    #[arg(long, conflicts_with = "gateway_bin")]
+    gateway_url: Option<String>,
+    /// Pid of the gateway given by --gateway-url, to measure its CPU.
+    #[arg(long, requires = "gateway_url")]
+    gateway_pid: Option<u32>,
+    /// Only benchmark the in-process upstream (no gateway).
+    #[arg(long, conflicts_with_all = ["gateway_bin", "gateway_url"])]
+    direct_only: bool,
+    /// Port of the in-process upstream (default: ephemeral); useful with --gateway-url.
+    #[arg(long, default_value_t = 0)]
+    upstream_port: u16,
+    /// Per-request timeout, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the temporary directory (gateway config, data and log).
+    #[arg(long)]
+    keep_tmp: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portcullis-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Temporary directory removed on drop unless kept.
+struct TmpDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TmpDir {
+    fn create(keep: bool) -> Result<TmpDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("portcullis-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TmpDir { path, keep })
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Parses a loopback `http://host:port/path` URL (path defaults to /mcp/bench).
+fn parse_gateway_url(url: &str) -> Result<Endpoint> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid --gateway-url {url:?}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--gateway-url must be an http:// URL");
+    }
+    let host = uri.host().context("--gateway-url has no host")?;
+    let ip: IpAddr = match host.trim_start_matches('[').trim_end_matches(']') {
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        h => h
+            .parse()
+            .with_context(|| format!("--gateway-url host {h:?} is not an IP address"))?,
+    };
+    if !ip.is_loopback() {
+        bail!("--gateway-url must point at a loopback address (got {ip})");
+    }
+    let path = match uri.path() {
+        "" | "/" => "/mcp/bench".to_string(),
+        p => p.to_string(),
+    };
+    Ok(Endpoint {
+        addr: SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
+        path,
+    })
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, without a date crate.
+fn utc_date() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn validate(args: &Args) -> Result<()> {
+    if args.calls == 0 || args.connections == 0 {
+        bail!("--calls and --connections must be at least 1");
+    }
+    if args.connections > 1024 {
+        bail!("--connections is capped at 1024");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    if args.calls > 10_000_000 || args.warmup > 10_000_000 {
+        bail!("--calls and --warmup are capped at 10,000,000");
+    }
+    if !(100..=60_000).contains(&args.timeout_ms) {
+        bail!("--timeout-ms must be in [100, 60000]");
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
+    let eras: &[Era] = match args.era {
+        EraArg::Legacy => &[Era::Legacy],
+        EraArg::Modern => &[Era::Modern],
+        EraArg::Both => &[Era::Legacy, Era::Modern],
+    };
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let upstream = Upstream::start(args.upstream_port)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the load-generator runtime")?;
+
+    // Declared before the gateway so that the gateway is stopped first.
+    let mut tmp: Option<TmpDir> = None;
+    let mut gateway: Option<Gateway> = None;
+    let (gw_endpoint, gw_pid, gw_label) = if args.direct_only {
+        (None, None, "none (--direct-only)".to_string())
+    } else if let Some(url) = &args.gateway_url {
+        let ep = parse_gateway_url(url)?;
+        let label = format!("external {ep}");
+        (Some(ep), args.gateway_pid, label)
+    } else {
+        let bin = gateway::locate_binary(args.gateway_bin.as_deref())?;
+        let dir = tmp.insert(TmpDir::create(args.keep_tmp)?);
+        let port = gateway::free_port()?;
+        let config = gateway::write_config(&dir.path, port, upstream.addr)?;
+        let gw = gateway.insert(Gateway::spawn(&bin, &config, &dir.path, port)?);
+        rt.block_on(gw.wait_healthy(Duration::from_secs(30)))?;
+        let ep = Endpoint {
+            addr: gw.addr,
+            path: "/mcp/bench".into(),
+        };
+        (
+            Some(ep),
+            Some(gw.pid()),
+            format!("{} (pid {})", bin.display(), gw.pid()),
+        )
+    };
+    let direct_ep = Endpoint {
+        addr: upstream.addr,
+        path: "/mcp".into(),
+    };
+    println!(
+        "portcullis-bench: upstream {direct_ep}, gateway {}, {gw_label}",
+        gw_endpoint
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  {} warm-up + {} sequential calls at 1 connection; {} connections for {} s; {} cores",
+        args.warmup,
+        args.calls,
+        args.connections,
+        args.seconds,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let bench_cpu_start = stats::self_cpu()?;
+    let mut reports = Vec::new();
+    for &era in eras {
+        let measure = |endpoint: &Endpoint, label: &str| -> report::Outcome {
+            eprintln!("  running {} / {label} ...", era.name());
+            let target = load::Target {
+                endpoint: endpoint.clone(),
+                era,
+                timeout,
+                gateway_pid: gw_pid,
+            };
+            rt.block_on(load::run(
+                &target,
+                args.warmup,
+                args.calls,
+                args.connections,
+                args.seconds,
+            ))
+            .map_err(|e| format!("{e:#}"))
+        };
+        let direct = measure(&direct_ep, "direct");
+        let gw = gw_endpoint.as_ref().map(|ep| measure(ep, "gateway"));
+        let r = EraReport {
+            era,
+            direct,
+            gateway: gw,
+        };
+        print!("{}", report::render(&r, args.connections));
+        reports.push(r);
+    }
+    let bench_cpu = stats::self_cpu()?.since(bench_cpu_start);
+    println!(
+        "\nbench process CPU over all phases: {:.2} s",
+        bench_cpu.as_secs_f64()
+    );
+
+    let mut failed = reports.iter().any(|r| r.error_count() > 0);
+    let mut gateway_notes = Vec::new();
+    if let Some(gw) = gateway.as_mut() {
+        if let Some(status) = gw.exited() {
+            failed = true;
+            let note = format!("the gateway exited during the run ({status})");
+            println!("{note}; its output:\n{}", gw.log_tail(40));
+            gateway_notes.push(note);
+        }
+        let (n, samples) = gw.log_problems();
+        if n > 0 {
+            println!("gateway log: {n} WARN/ERROR lines, first ones:");
+            for s in &samples {
+                println!("  {s}");
+            }
+            gateway_notes.extend(samples);
+        }
+        gw.stop();
+    }
+
+    if let Some(path) = &args.json {
+        write_json(path, &args, &reports, &gw_label, bench_cpu, &gateway_notes)?;
+    }
+    drop(gateway);
+    drop(tmp);
+    if failed {
+        eprintln!("portcullis-bench: some calls failed (see the error samples above)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(
+    path: &Path,
+    args: &Args,
+    reports: &[EraReport],
+    gw_label: &str,
+    bench_cpu: Duration,
+    gateway_notes: &[String],
+) -> Result<()> {
+    let doc = json!({
+        "date": utc_date(),
+        "commit": git_commit(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "gateway": gw_label,
+        "settings": {
+            "warmup": args.warmup, "calls": args.calls,
+            "connections": args.connections, "seconds": args.seconds,
+        },
+        "targets": {
+            "gateway_cpu_us_per_call_max": report::TARGET_CPU_US,
+            "added_p50_us_max": report::TARGET_ADDED_P50_US,
+            "added_p99_us_max": report::TARGET_ADDED_P99_US,
+        },
+        "eras": reports.iter().map(report::era_json).collect::<Vec<_>>(),
+        "bench_cpu_s": bench_cpu.as_secs_f64(),
+        "gateway_notes": gateway_notes,
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Human-readable table, targets/verdicts and the JSON document.
+
+use serde_json::{json, Value};
+
+use crate::client::Era;
+use crate::load::{Phase, TargetRun};
+
+/// Targets for the gateway (see docs/performance.md).
+pub const TARGET_CPU_US: f64 = 40.0;
+pub const TARGET_ADDED_P50_US: f64 = 60.0;
+pub const TARGET_ADDED_P99_US: f64 = 150.0;
+/// Above this average load from other processes a phase is flagged as disturbed.
+pub const NOISE_CORES: f64 = 0.15;
+
+/// Outcome of one target: its figures, or why it could not be measured.
+pub type Outcome = Result<TargetRun, String>;
+
+pub struct EraReport {
+    pub era: Era,
+    pub direct: Outcome,
+    /// `None` with --direct-only.
+    pub gateway: Option<Outcome>,
+}
+
+pub struct Verdict {
+    pub name: &'static str,
+    pub limit: String,
+    /// `None` when the figure could not be measured.
+    pub meets: Option<bool>,
+    pub measured: String,
+}
+
+impl EraReport {
+    fn gw(&self) -> Option<&TargetRun> {
+        self.gateway.as_ref().and_then(|g| g.as_ref().ok())
+    }
+
+    fn dr(&self) -> Option<&TargetRun> {
+        self.direct.as_ref().ok()
+    }
+
+    pub fn added_p50(&self) -> Option<f64> {
+        Some(self.gw()?.sequential.latency.p50_us - self.dr()?.sequential.latency.p50_us)
+    }
+
+    pub fn added_p99(&self) -> Option<f64> {
+        Some(self.gw()?.sequential.latency.p99_us - self.dr()?.sequential.latency.p99_us)
+    }
+
+    pub fn throughput_ratio(&self) -> Option<f64> {
+        let direct = self.dr()?.saturation.calls_per_sec();
+        let gateway = self.gw()?.saturation.calls_per_sec();
+        (direct > 0.0).then(|| gateway / direct)
+    }
+
+    pub fn error_count(&self) -> u64 {
+        let count = |o: &Outcome| o.as_ref().map(|r| r.errors.count).unwrap_or(1);
+        count(&self.direct) + self.gateway.as_ref().map(count).unwrap_or(0)
+    }
+
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        if self.gateway.is_none() {
+            return Vec::new();
+        }
+        let seq = self
+            .gw()
+            .and_then(|g| g.sequential.gateway_cpu_per_call_us());
+        let sat = self
+            .gw()
+            .and_then(|g| g.saturation.gateway_cpu_per_call_us());
+        let cpu = match (seq, sat) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        let within = |v: Option<f64>, limit: f64| v.map(|v| v <= limit);
+        vec![
+            Verdict {
+                name: "gateway CPU per call (worse of seq/sat)",
+                limit: format!("<= {TARGET_CPU_US} us"),
+                meets: within(cpu, TARGET_CPU_US),
+                measured: format!("seq {}, sat {}", opt(seq, 1, ""), opt(sat, 1, "")),
+            },
+            Verdict {
+                name: "added latency p50",
+                limit: format!("<= +{TARGET_ADDED_P50_US} us"),
+                meets: within(self.added_p50(), TARGET_ADDED_P50_US),
+                measured: opt(self.added_p50(), 1, "+"),
+            },
+            Verdict {
+                name: "added latency p99",
+                limit: format!("<= +{TARGET_ADDED_P99_US} us"),
+                meets: within(self.added_p99(), TARGET_ADDED_P99_US),
+                measured: opt(self.added_p99(), 1, "+"),
+            },
+        ]
+    }
+}
+
+fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
+    match v {
+        Some(v) if sign == "+" => format!("{v:+.decimals$}"),
+        Some(v) => format!("{v:.decimals$}"),
+        None => "n/a".into(),
+    }
+}
+
+fn cell(o: Option<&TargetRun>, f: impl Fn(&TargetRun) -> Option<f64>, decimals: usize) -> String {
+    opt(o.and_then(f), decimals, "")
+}
+
+fn row(out: &mut String, label: &str, direct: String, gateway: String, extra: String) {
+    out.push_str(&format!(
+        "  {label:<38}{direct:>12}{gateway:>12}  {extra}\n"
+    ));
+}
+
+/// Renders the table of one era.
+pub fn render(r: &EraReport, connections: usize) -> String {
+    let mut out = format!(
+        "\n== {} era (MCP {}): tools/call echo ==\n",
+        r.era.name(),
+        r.era.version()
+    );
+    row(
+        &mut out,
+        "",
+        "direct".into(),
+        "gateway".into(),
+        "added / ratio".into(),
+    );
+    let (d, g) = (r.dr(), r.gw());
+    let lat = |f: fn(&Phase) -> f64| move |t: &TargetRun| Some(f(&t.sequential));
+    row(
+        &mut out,
+        "latency p50, 1 conn (us)",
+        cell(d, lat(|p| p.latency.p50_us), 1),
+        cell(g, lat(|p| p.latency.p50_us), 1),
+        opt(r.added_p50(), 1, "+"),
+    );
+    row(
+        &mut out,
+        "latency p99, 1 conn (us)",
+        cell(d, lat(|p| p.latency.p99_us), 1),
+        cell(g, lat(|p| p.latency.p99_us), 1),
+        opt(r.added_p99(), 1, "+"),
+    );
+    row(
+        &mut out,
+        "latency mean, 1 conn (us)",
+        cell(d, lat(|p| p.latency.mean_us), 1),
+        cell(g, lat(|p| p.latency.mean_us), 1),
+        String::new(),
+    );
+    let sat = |f: fn(&Phase) -> f64| move |t: &TargetRun| Some(f(&t.saturation));
+    row(
+        &mut out,
+        &format!("latency p50 / p99, {connections} conns (us)"),
+        cell(d, sat(|p| p.latency.p50_us), 0) + " / " + &cell(d, sat(|p| p.latency.p99_us), 0),
+        cell(g, sat(|p| p.latency.p50_us), 0) + " / " + &cell(g, sat(|p| p.latency.p99_us), 0),
+        String::new(),
+    );
+    row(
+        &mut out,
+        &format!("throughput, {connections} conns (calls/s)"),
+        cell(d, sat(Phase::calls_per_sec), 0),
+        cell(g, sat(Phase::calls_per_sec), 0),
+        r.throughput_ratio()
+            .map(|x| format!("{x:.2} x direct"))
+            .unwrap_or_default(),
+    );
+    row(
+        &mut out,
+        "gateway CPU per call, 1 conn (us)",
+        String::new(),
+        cell(g, |t| t.sequential.gateway_cpu_per_call_us(), 1),
+        String::new(),
+    );
+    row(
+        &mut out,
+        &format!("gateway CPU per call, {connections} conns (us)"),
+        String::new(),
+        cell(g, |t| t.saturation.gateway_cpu_per_call_us(), 1),
+        String::new(),
+    );
+    row(
+        &mut out,
+        "bench CPU per call, 1 conn / sat (us)",
+        cell(d, |t| t.sequential.bench_cpu_per_call_us(), 1)
+            + " / "
+            + &cell(d, |t| t.saturation.bench_cpu_per_call_us(), 1),
+        cell(g, |t| t.sequential.bench_cpu_per_call_us(), 1)
+            + " / "
+            + &cell(g, |t| t.saturation.bench_cpu_per_call_us(), 1),
+        "(load generator + upstream)".into(),
+    );
+    row(
+        &mut out,
+        "other processes' CPU, 1 conn / sat (cores)",
+        cell(d, |t| Some(t.sequential.other_cores()), 2)
+            + " / "
+            + &cell(d, |t| Some(t.saturation.other_cores()), 2),
+        cell(g, |t| Some(t.sequential.other_cores()), 2)
+            + " / "
+            + &cell(g, |t| Some(t.saturation.other_cores()), 2),
+        "(noise: should be ~0)".into(),
+    );
+    let errs = |o: Option<&Outcome>| match o {
+        None => "-".to_string(),
+        Some(Ok(t)) => t.errors.count.to_string(),
+        Some(Err(_)) => "FAILED".to_string(),
+    };
+    row(
+        &mut out,
+        "errors",
+        errs(Some(&r.direct)),
+        errs(r.gateway.as_ref()),
+        String::new(),
+    );
+    for (name, o) in [("direct", Some(&r.direct)), ("gateway", r.gateway.as_ref())] {
+        match o {
+            Some(Err(e)) => out.push_str(&format!("  {name} failed: {e}\n")),
+            Some(Ok(t)) => {
+                for s in &t.errors.samples {
+                    out.push_str(&format!("  {name} error sample: {s}\n"));
+                }
+                for w in &t.warnings {
+                    out.push_str(&format!("  {name} warning: {w}\n"));
+                }
+            }
+            None => {}
+        }
+    }
+    let noisy = [d, g]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| [t.sequential.other_cores(), t.saturation.other_cores()])
+        .fold(0.0, f64::max);
+    if noisy > NOISE_CORES {
+        out.push_str(&format!(
+            "  WARNING: other processes used up to {noisy:.2} cores during a phase: these figures are disturbed\n"
+        ));
+    }
+    if let Some(idle) = d.and_then(|t| t.saturation.gateway_cpu) {
+        let ms = idle.as_secs_f64() * 1e3;
+        if ms >= 50.0 {
+            out.push_str(&format!(
+                "  note: the idle gateway used {ms:.0} ms of CPU during the direct saturation phase\n"
+            ));
+        }
+    }
+    for v in r.verdicts() {
+        let word = match v.meets {
+            Some(true) => "meets ",
+            Some(false) => "misses",
+            None => "n/a   ",
+        };
+        out.push_str(&format!(
+            "  verdict: {word} {:<40} {:<12} measured {}\n",
+            v.name, v.limit, v.measured
+        ));
+    }
+    out
+}
+
+fn phase_json(p: &Phase) -> Value {
+    json!({
+        "connections": p.connections,
+        "calls": p.calls,
+        "elapsed_s": p.elapsed.as_secs_f64(),
+        "calls_per_s": p.calls_per_sec(),
+        "latency_us": {
+            "p50": p.latency.p50_us, "p90": p.latency.p90_us, "p99": p.latency.p99_us,
+            "mean": p.latency.mean_us, "max": p.latency.max_us,
+        },
+        "gateway_cpu_s": p.gateway_cpu.map(|d| d.as_secs_f64()),
+        "gateway_cpu_us_per_call": p.gateway_cpu_per_call_us(),
+        "bench_cpu_s": p.bench_cpu.as_secs_f64(),
+        "bench_cpu_us_per_call": p.bench_cpu_per_call_us(),
+        "other_processes_cpu_s": p.other_cpu.as_secs_f64(),
+        "steal_s": p.steal.as_secs_f64(),
+        "other_cores": p.other_cores(),
+    })
+}
+
+fn outcome_json(o: &Outcome) -> Value {
+    match o {
+        Ok(t) => json!({
+            "ok": true,
+            "sequential": phase_json(&t.sequential),
+            "saturation": phase_json(&t.saturation),
+            "errors": t.errors.count,
+            "error_samples": t.errors.samples,
+            "warnings": t.warnings,
+        }),
+        Err(e) => json!({"ok": false, "failure": e}),
+    }
+}
+
+/// The JSON form of one era's figures.
+pub fn era_json(r: &EraReport) -> Value {
+    let verdicts: Vec<Value> = r
+        .verdicts()
+        .iter()
+        .map(|v| json!({"target": v.name, "limit": v.limit, "meets": v.meets, "measured": v.measured}))
+        .collect();
+    json!({
+        "era": r.era.name(),
+        "protocol_version": r.era.version(),
+        "direct": outcome_json(&r.direct),
+        "gateway": r.gateway.as_ref().map(outcome_json),
+        "added_latency_us": {"p50": r.added_p50(), "p99": r.added_p99()},
+        "throughput_ratio": r.throughput_ratio(),
+        "gateway_cpu_us_per_call": {
+            "sequential": r.gw().and_then(|g| g.sequential.gateway_cpu_per_call_us()),
+            "saturation": r.gw().and_then(|g| g.saturation.gateway_cpu_per_call_us()),
+        },
+        "verdicts": verdicts,
+    })
+}

@@ -1,0 +1,70 @@
+//! The declarative configuration of a Portcullis gateway (`portcullis.yaml`).
+//!
+//! This crate parses and validates the YAML: unknown keys are errors naming the line
+//! and key, references and exposed names are checked before anything starts. It does
+//! not start anything and does not persist anything (that is `portcullis-store`).
+
+mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::ConfigError;
+
+use std::path::Path;
+
+impl Config {
+    /// Parse and validate YAML text; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let location = e
+                .location()
+                .map(|l| format!("{origin}:{}:{}", l.line(), l.column()))
+                .unwrap_or_else(|| origin.to_owned());
+            ConfigError::Syntax(format!("{location}: {e}"))
+        })?;
+        config.expand_env()?;
+        validate::validate(&config)?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Replace `${VAR}` in header and environment values so secrets stay out of the
+    /// YAML file itself.
+    fn expand_env(&mut self) -> Result<(), ConfigError> {
+        for up in &mut self.upstreams {
+            for value in up.headers.values_mut().chain(up.env.values_mut()) {
+                *value = expand(value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn expand(value: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::Invalid(format!("unterminated ${{ in {value:?}")))?;
+        let name = &after[..end];
+        let v = std::env::var(name).map_err(|_| {
+            ConfigError::Invalid(format!("environment variable {name} is not set"))
+        })?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

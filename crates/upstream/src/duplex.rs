@@ -1,0 +1,247 @@
+//! Request/response correlation for connections that carry every message on one
+//! channel (stdio pipes, the deprecated HTTP+SSE transport), plus the id and
+//! progress-token rewriting that all connections share.
+
+use crate::{EventSink, RelatedSink, UpstreamError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+struct Entry {
+    original_id: Value,
+    original_token: Option<Value>,
+    related: Option<RelatedSink>,
+    responder: Option<oneshot::Sender<Value>>,
+}
+
+/// Requests in flight on one connection, keyed by the id the gateway gave them
+/// upstream. The upstream id doubles as the upstream progress token, so progress
+/// from a shared connection always finds its way back to the right caller.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    next_id: AtomicU64,
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+impl InFlight {
+    /// Give `msg` a fresh upstream id (and progress token) and remember the originals.
+    pub(crate) fn register(
+        &self,
+        msg: &mut Value,
+        related: Option<RelatedSink>,
+        responder: Option<oneshot::Sender<Value>>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let original_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let mut original_token = None;
+        if let Some(obj) = msg.as_object_mut() {
+            obj.insert("id".into(), Value::from(id));
+            if let Some(meta) = obj
+                .get_mut("params")
+                .and_then(|p| p.get_mut("_meta"))
+                .and_then(Value::as_object_mut)
+            {
+                if let Some(tok) = meta.get_mut("progressToken") {
+                    original_token = Some(std::mem::replace(tok, Value::from(id)));
+                }
+            }
+        }
+        let entry = Entry {
+            original_id,
+            original_token,
+            related,
+            responder,
+        };
+        lock(&self.entries).insert(id, entry);
+        id
+    }
+
+    /// Forget a request; returns its original id.
+    pub(crate) fn finish(&self, id: u64) -> Option<Value> {
+        lock(&self.entries).remove(&id).map(|e| e.original_id)
+    }
+
+    /// Complete a request whose response came on the shared channel.
+    fn complete(&self, mut response: Value) -> bool {
+        let Some(id) = response.get("id").and_then(Value::as_u64) else {
+            return false;
+        };
+        let Some(entry) = lock(&self.entries).remove(&id) else {
+            return false;
+        };
+        if let Some(obj) = response.as_object_mut() {
+            obj.insert("id".into(), entry.original_id);
+        }
+        if let Some(tx) = entry.responder {
+            let _ = tx.send(response);
+        }
+        true
+    }
+
+    /// Put the caller's progress token back and find who should get `msg`.
+    /// `on_request` names the request whose stream carried the message, if any.
+    pub(crate) fn route(&self, mut msg: Value, on_request: Option<u64>, events: &EventSink) {
+        let is_progress = msg.get("method").and_then(Value::as_str) == Some("notifications/progress");
+        let entries = lock(&self.entries);
+        let target = if is_progress {
+            let token = msg
+                .get("params")
+                .and_then(|p| p.get("progressToken"))
+                .and_then(Value::as_u64);
+            match token.and_then(|t| entries.get(&t).map(|e| (t, e))) {
+                Some((_, e)) => {
+                    if let (Some(orig), Some(params)) = (
+                        e.original_token.clone(),
+                        msg.get_mut("params").and_then(Value::as_object_mut),
+                    ) {
+                        params.insert("progressToken".into(), orig);
+                    }
+                    e.related.clone()
+                }
+                None => None,
+            }
+        } else {
+            match on_request {
+                Some(id) => entries.get(&id).and_then(|e| e.related.clone()),
+                // One channel for everything: attribute it to the newest request
+                // that can receive related messages.
+                None => entries
+                    .iter()
+                    .filter(|(_, e)| e.related.is_some() && e.responder.is_some())
+                    .max_by_key(|(k, _)| **k)
+                    .and_then(|(_, e)| e.related.clone()),
+            }
+        };
+        drop(entries);
+        let undelivered = match target {
+            Some(sink) => sink.send(msg).err().map(|e| e.0),
+            None => Some(msg),
+        };
+        if let Some(msg) = undelivered {
+            let _ = events.send(msg);
+        }
+    }
+
+    /// Fail everything still waiting (the channel died).
+    pub(crate) fn fail_all(&self) {
+        lock(&self.entries).clear();
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection whose messages all travel on one channel in each direction.
+pub(crate) struct Duplex {
+    pub(crate) name: String,
+    out: mpsc::Sender<Value>,
+    pub(crate) inflight: InFlight,
+    events: EventSink,
+    alive: AtomicBool,
+}
+
+impl Duplex {
+    pub(crate) fn new(name: String, out: mpsc::Sender<Value>, events: EventSink) -> Duplex {
+        Duplex {
+            name,
+            out,
+            inflight: InFlight::default(),
+            events,
+            alive: AtomicBool::new(true),
+        }
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed) && !self.out.is_closed()
+    }
+
+    /// Called by the reader for every message the upstream sends.
+    pub(crate) fn dispatch(&self, msg: Value) {
+        let is_response = msg.get("method").is_none();
+        if is_response {
+            if !self.inflight.complete(msg) {
+                tracing::debug!(upstream = %self.name, "response to an unknown request dropped");
+            }
+            return;
+        }
+        self.inflight.route(msg, None, &self.events);
+    }
+
+    /// Called by the reader when the channel ends.
+    pub(crate) fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+        self.inflight.fail_all();
+    }
+
+    pub(crate) async fn request(
+        &self,
+        mut msg: Value,
+        related: Option<RelatedSink>,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        if !self.is_alive() {
+            return Err(UpstreamError::Closed(self.name.clone()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.inflight.register(&mut msg, related, Some(tx));
+        let guard = CancelOnDrop {
+            duplex: self,
+            id,
+            armed: true,
+        };
+        if self.out.send(msg).await.is_err() {
+            self.inflight.finish(id);
+            return Err(UpstreamError::Closed(self.name.clone()));
+        }
+        let result = tokio::time::timeout(timeout, rx).await;
+        let mut guard = guard;
+        match result {
+            Ok(Ok(resp)) => {
+                guard.armed = false;
+                Ok(resp)
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(UpstreamError::Closed(self.name.clone()))
+            }
+            Err(_) => Err(UpstreamError::Timeout(
+                self.name.clone(),
+                timeout.as_millis() as u64,
+            )),
+        }
+    }
+
+    pub(crate) async fn send(&self, msg: Value) -> Result<(), UpstreamError> {
+        self.out
+            .send(msg)
+            .await
+            .map_err(|_| UpstreamError::Closed(self.name.clone()))
+    }
+
+    fn cancel(&self, id: u64) {
+        if self.inflight.finish(id).is_some() {
+            let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": id, "reason": "cancelled by the gateway"}});
+            let _ = self.out.try_send(note);
+        }
+    }
+}
+
+/// Tells the upstream a request was abandoned (caller dropped it or it timed out).
+struct CancelOnDrop<'a> {
+    duplex: &'a Duplex,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.duplex.cancel(self.id);
+        }
+    }
+}
