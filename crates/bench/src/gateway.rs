@@ -28,7 +28,7 @@ pub fn locate_binary(explicit: Option<&Path>) -> Result<PathBuf> {
             return Ok(p.to_path_buf());
         }
         bail!(
-            "gateway binary {} not found; build it with `cargo build --release -p portcullis-cli` \
+            "gateway binary {} not found; build it with `cargo build --release` \
              (or pass --direct-only / --gateway-url)",
             p.display()
         );
@@ -45,9 +45,13 @@ pub fn locate_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         return Ok(found.clone());
     }
     bail!(
-        "gateway binary not found (looked at {}); build it with `cargo build --release -p portcullis-cli`, \
+        "gateway binary not found (looked at {}); build it first with `cargo build --release`, \
          or pass --gateway-bin PATH, --gateway-url URL or --direct-only",
-        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -144,6 +148,9 @@ impl Gateway {
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return "(no output)".into();
+        }
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 

@@ -15,6 +15,8 @@ use crate::stats::{self, CpuTime, Latency, SystemCpu};
 const WORKER_WARMUP: usize = 20;
 /// A worker (or the sequential phase) gives up after this many failed calls.
 const MAX_ERRORS: u64 = 200;
+/// CPU is accounted in clock ticks (10 ms): shorter phases give no noise figure.
+const MIN_NOISE_WINDOW_S: f64 = 0.25;
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -86,14 +88,11 @@ impl Phase {
         stats::cpu_per_call_us(self.bench_cpu, self.calls)
     }
 
-    /// Average number of cores used by other processes (plus steal) during the phase.
-    pub fn other_cores(&self) -> f64 {
+    /// Average number of cores used by other processes (plus steal) during
+    /// the phase; `None` when the phase is too short for tick-based accounting.
+    pub fn other_cores(&self) -> Option<f64> {
         let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            (self.other_cpu + self.steal).as_secs_f64() / s
-        } else {
-            0.0
-        }
+        (s >= MIN_NOISE_WINDOW_S).then(|| (self.other_cpu + self.steal).as_secs_f64() / s)
     }
 }
 
@@ -333,4 +332,55 @@ async fn saturation(
     phase.calls = all.len() as u64;
     phase.latency = Latency::from_nanos(&mut all);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Upstream;
+
+    fn target(up: &Upstream, era: Era) -> Target {
+        Target {
+            endpoint: Endpoint {
+                addr: up.addr,
+                path: "/mcp".into(),
+            },
+            era,
+            timeout: Duration::from_secs(5),
+            gateway_pid: Some(std::process::id()),
+        }
+    }
+
+    #[test]
+    fn both_eras_run_cleanly_against_the_builtin_upstream() {
+        let up = Upstream::start(0).expect("upstream");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for era in [Era::Legacy, Era::Modern] {
+            let run = rt
+                .block_on(run(&target(&up, era), 5, 50, 3, 0.2))
+                .expect("run");
+            assert_eq!(run.errors.count, 0, "{:?}: {:?}", era, run.errors.samples);
+            assert!(run.warnings.is_empty(), "{:?}", run.warnings);
+            assert_eq!(run.sequential.calls, 50);
+            assert!(run.sequential.latency.p50_us > 0.0);
+            assert_eq!(run.saturation.connections, 3);
+            assert!(run.saturation.calls > 0);
+            assert!(run.saturation.gateway_cpu.is_some());
+        }
+    }
+
+    #[test]
+    fn a_dead_target_fails_the_run() {
+        let up = Upstream::start(0).expect("upstream");
+        let mut t = target(&up, Era::Legacy);
+        t.endpoint.path = "/nope".into();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        assert!(rt.block_on(run(&t, 1, 1, 1, 0.1)).is_err());
+    }
 }

@@ -353,3 +353,31 @@ fn write_json(
     println!("wrote {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_url_must_be_loopback_http() {
+        let ep = parse_gateway_url("http://127.0.0.1:8080/mcp/x").expect("ok");
+        assert_eq!(
+            ep.addr,
+            "127.0.0.1:8080".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(ep.path, "/mcp/x");
+        let ep = parse_gateway_url("http://localhost:9000").expect("ok");
+        assert_eq!(ep.path, "/mcp/bench");
+        assert!(parse_gateway_url("http://[::1]:9000/mcp/bench").is_ok());
+        assert!(parse_gateway_url("http://192.168.1.2:9000/mcp").is_err());
+        assert!(parse_gateway_url("https://127.0.0.1:9000/mcp").is_err());
+        assert!(parse_gateway_url("http://example.com/mcp").is_err());
+    }
+
+    #[test]
+    fn utc_date_is_well_formed() {
+        let d = utc_date();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}

@@ -104,13 +104,11 @@ fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
     }
 }
 
-fn cell(o: Option<&TargetRun>, f: impl Fn(&TargetRun) -> Option<f64>, decimals: usize) -> String {
-    opt(o.and_then(f), decimals, "")
-}
+type Figure = fn(&TargetRun) -> Option<f64>;
 
-fn row(out: &mut String, label: &str, direct: String, gateway: String, extra: String) {
+fn row(out: &mut String, label: &str, direct: &str, gateway: &str, extra: &str) {
     out.push_str(&format!(
-        "  {label:<38}{direct:>12}{gateway:>12}  {extra}\n"
+        "  {label:<36}{direct:>12}{gateway:>12}  {extra}\n"
     ));
 }
 
@@ -121,101 +119,124 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         r.era.name(),
         r.era.version()
     );
-    row(
-        &mut out,
-        "",
-        "direct".into(),
-        "gateway".into(),
-        "added / ratio".into(),
-    );
+    row(&mut out, "", "direct", "gateway", "added / ratio");
     let (d, g) = (r.dr(), r.gw());
-    let lat = |f: fn(&Phase) -> f64| move |t: &TargetRun| Some(f(&t.sequential));
-    row(
-        &mut out,
-        "latency p50, 1 conn (us)",
-        cell(d, lat(|p| p.latency.p50_us), 1),
-        cell(g, lat(|p| p.latency.p50_us), 1),
-        opt(r.added_p50(), 1, "+"),
-    );
-    row(
-        &mut out,
-        "latency p99, 1 conn (us)",
-        cell(d, lat(|p| p.latency.p99_us), 1),
-        cell(g, lat(|p| p.latency.p99_us), 1),
-        opt(r.added_p99(), 1, "+"),
-    );
-    row(
-        &mut out,
-        "latency mean, 1 conn (us)",
-        cell(d, lat(|p| p.latency.mean_us), 1),
-        cell(g, lat(|p| p.latency.mean_us), 1),
-        String::new(),
-    );
-    let sat = |f: fn(&Phase) -> f64| move |t: &TargetRun| Some(f(&t.saturation));
-    row(
-        &mut out,
-        &format!("latency p50 / p99, {connections} conns (us)"),
-        cell(d, sat(|p| p.latency.p50_us), 0) + " / " + &cell(d, sat(|p| p.latency.p99_us), 0),
-        cell(g, sat(|p| p.latency.p50_us), 0) + " / " + &cell(g, sat(|p| p.latency.p99_us), 0),
-        String::new(),
-    );
-    row(
-        &mut out,
-        &format!("throughput, {connections} conns (calls/s)"),
-        cell(d, sat(Phase::calls_per_sec), 0),
-        cell(g, sat(Phase::calls_per_sec), 0),
-        r.throughput_ratio()
-            .map(|x| format!("{x:.2} x direct"))
-            .unwrap_or_default(),
-    );
-    row(
-        &mut out,
-        "gateway CPU per call, 1 conn (us)",
-        String::new(),
-        cell(g, |t| t.sequential.gateway_cpu_per_call_us(), 1),
-        String::new(),
-    );
-    row(
-        &mut out,
-        &format!("gateway CPU per call, {connections} conns (us)"),
-        String::new(),
-        cell(g, |t| t.saturation.gateway_cpu_per_call_us(), 1),
-        String::new(),
-    );
-    row(
-        &mut out,
-        "bench CPU per call, 1 conn / sat (us)",
-        cell(d, |t| t.sequential.bench_cpu_per_call_us(), 1)
-            + " / "
-            + &cell(d, |t| t.saturation.bench_cpu_per_call_us(), 1),
-        cell(g, |t| t.sequential.bench_cpu_per_call_us(), 1)
-            + " / "
-            + &cell(g, |t| t.saturation.bench_cpu_per_call_us(), 1),
-        "(load generator + upstream)".into(),
-    );
-    row(
-        &mut out,
-        "other processes' CPU, 1 conn / sat (cores)",
-        cell(d, |t| Some(t.sequential.other_cores()), 2)
-            + " / "
-            + &cell(d, |t| Some(t.saturation.other_cores()), 2),
-        cell(g, |t| Some(t.sequential.other_cores()), 2)
-            + " / "
-            + &cell(g, |t| Some(t.saturation.other_cores()), 2),
-        "(noise: should be ~0)".into(),
-    );
-    let errs = |o: Option<&Outcome>| match o {
-        None => "-".to_string(),
-        Some(Ok(t)) => t.errors.count.to_string(),
-        Some(Err(_)) => "FAILED".to_string(),
-    };
-    row(
-        &mut out,
-        "errors",
-        errs(Some(&r.direct)),
-        errs(r.gateway.as_ref()),
-        String::new(),
-    );
+    let c = connections;
+    let ratio = r
+        .throughput_ratio()
+        .map(|x| format!("{x:.2} x direct"))
+        .unwrap_or_default();
+    let figures: [(String, Figure, usize, bool, String); 13] = [
+        (
+            "latency p50, 1 conn (us)".into(),
+            |t| Some(t.sequential.latency.p50_us),
+            1,
+            true,
+            opt(r.added_p50(), 1, "+"),
+        ),
+        (
+            "latency p99, 1 conn (us)".into(),
+            |t| Some(t.sequential.latency.p99_us),
+            1,
+            true,
+            opt(r.added_p99(), 1, "+"),
+        ),
+        (
+            "latency mean, 1 conn (us)".into(),
+            |t| Some(t.sequential.latency.mean_us),
+            1,
+            true,
+            String::new(),
+        ),
+        (
+            format!("latency p50, {c} conns (us)"),
+            |t| Some(t.saturation.latency.p50_us),
+            0,
+            true,
+            String::new(),
+        ),
+        (
+            format!("latency p99, {c} conns (us)"),
+            |t| Some(t.saturation.latency.p99_us),
+            0,
+            true,
+            String::new(),
+        ),
+        (
+            format!("throughput, {c} conns (calls/s)"),
+            |t| Some(t.saturation.calls_per_sec()),
+            0,
+            true,
+            ratio,
+        ),
+        (
+            "gateway CPU per call, 1 conn (us)".into(),
+            |t| t.sequential.gateway_cpu_per_call_us(),
+            1,
+            false,
+            String::new(),
+        ),
+        (
+            format!("gateway CPU per call, {c} conns (us)"),
+            |t| t.saturation.gateway_cpu_per_call_us(),
+            1,
+            false,
+            String::new(),
+        ),
+        (
+            "bench CPU per call, 1 conn (us)".into(),
+            |t| t.sequential.bench_cpu_per_call_us(),
+            1,
+            true,
+            "load generator + upstream".into(),
+        ),
+        (
+            format!("bench CPU per call, {c} conns (us)"),
+            |t| t.saturation.bench_cpu_per_call_us(),
+            1,
+            true,
+            String::new(),
+        ),
+        (
+            "other CPU, 1 conn (cores)".into(),
+            |t| t.sequential.other_cores(),
+            2,
+            true,
+            "other processes + steal: ~0 when quiet".into(),
+        ),
+        (
+            format!("other CPU, {c} conns (cores)"),
+            |t| t.saturation.other_cores(),
+            2,
+            true,
+            String::new(),
+        ),
+        (
+            "errors".into(),
+            |t| Some(t.errors.count as f64),
+            0,
+            true,
+            String::new(),
+        ),
+    ];
+    for (label, f, decimals, show_direct, extra) in &figures {
+        let cell = |t: Option<&TargetRun>| match t {
+            Some(t) => opt(f(t), *decimals, ""),
+            None => "-".into(),
+        };
+        let direct = if *show_direct { cell(d) } else { String::new() };
+        let gateway = match &r.gateway {
+            None => "-".into(),
+            Some(Err(_)) => "FAILED".into(),
+            Some(Ok(t)) => cell(Some(t)),
+        };
+        let direct = if r.direct.is_err() {
+            "FAILED".into()
+        } else {
+            direct
+        };
+        row(&mut out, label, &direct, &gateway, extra);
+    }
     for (name, o) in [("direct", Some(&r.direct)), ("gateway", r.gateway.as_ref())] {
         match o {
             Some(Err(e)) => out.push_str(&format!("  {name} failed: {e}\n")),
@@ -234,6 +255,7 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         .into_iter()
         .flatten()
         .flat_map(|t| [t.sequential.other_cores(), t.saturation.other_cores()])
+        .flatten()
         .fold(0.0, f64::max);
     if noisy > NOISE_CORES {
         out.push_str(&format!(

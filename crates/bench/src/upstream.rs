@@ -366,3 +366,76 @@ fn legacy(headers: &HeaderMap, id: &Value, method: &str, params: &Value, state: 
         _ => rpc_error(StatusCode::OK, id, -32601, "Method not found", None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Conn;
+    use http::HeaderValue;
+    use std::time::Duration;
+
+    async fn post(
+        addr: SocketAddr,
+        headers: &[(&'static str, &'static str)],
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut conn = Conn::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let headers: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (*n, HeaderValue::from_static(v)))
+            .collect();
+        let resp = conn
+            .send(
+                Method::POST,
+                "/mcp",
+                &headers,
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .expect("send");
+        let v = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        (resp.status, v)
+    }
+
+    fn modern_call(name: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": name, "arguments": {"text": "x"},
+                          "_meta": {META_VERSION: MODERN_VERSION, META_CAPS: {}}}})
+    }
+
+    #[test]
+    fn enforces_modern_headers_and_legacy_sessions() {
+        let up = Upstream::start(0).expect("upstream");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let ok = [
+                ("mcp-protocol-version", MODERN_VERSION),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ];
+            let (status, v) = post(up.addr, &ok, modern_call("echo")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(v["result"]["resultType"], "complete");
+
+            let wrong = [
+                ("mcp-protocol-version", MODERN_VERSION),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "other"),
+            ];
+            let (status, v) = post(up.addr, &wrong, modern_call("echo")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(v["error"]["code"], -32020);
+
+            let legacy = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+            let (status, _) = post(up.addr, &[], legacy.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            let (status, _) = post(up.addr, &[("mcp-session-id", "unknown")], legacy).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        });
+    }
+}
