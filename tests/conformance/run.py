@@ -26,7 +26,7 @@ Both write into OUTDIR:
 Exit status of direct/gateway: the conformance CLI's (0 = every scored scenario passed,
 or only listed expected failures failed). `compare` exits 1 when any check's status
 differs between the two summaries (a check present on one side only counts as
-differing) and 0 otherwise.
+differing, except INFO trace entries unless --strict) and 0 otherwise.
 """
 
 from __future__ import annotations
@@ -230,10 +230,18 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return run_suite(args.gateway_url, args, outdir, {"mode": "gateway"})
 
 
+def _informational_only(sa: str | None, sb: str | None) -> bool:
+    """An INFO check present on one side only: event-by-event trace entries (e.g. the
+    SSE-polling scenario logs one INFO check per SSE event), not a verdict."""
+    return {sa, sb} <= {"INFO", None}
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     a = json.loads(Path(args.a).read_text())
     b = json.loads(Path(args.b).read_text())
     keys = sorted(set(a) | set(b))
+    ignored = [] if args.strict else [k for k in keys if a.get(k) != b.get(k) and _informational_only(a.get(k), b.get(k))]
+    keys = [k for k in keys if k not in ignored]
     differing = [(k, a.get(k, "MISSING"), b.get(k, "MISSING")) for k in keys if a.get(k) != b.get(k)]
     same = len(keys) - len(differing)
     if differing:
@@ -246,6 +254,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"A: {args.a}  {counts(a)}")
     print(f"B: {args.b}  {counts(b)}")
     print(f"identical checks by status: {dict(sorted(same_counts.items()))}")
+    if ignored:
+        print(f"ignored {len(ignored)} INFO-only trace check(s) present on one side only (--strict counts them)")
     print(f"{same} passed, {len(differing)} failed")
     return 1 if differing else 0
 
@@ -279,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser("compare", help="compare two summary.json files check by check")
     compare.add_argument("a")
     compare.add_argument("b")
+    compare.add_argument("--strict", action="store_true", help="also count INFO checks present on one side only")
     compare.set_defaults(func=cmd_compare)
 
     args = parser.parse_args(argv)

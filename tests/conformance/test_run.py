@@ -50,3 +50,13 @@ def test_compare_exit_codes(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "s/one" in out and "s/two" in out and "s/three" in out and "MISSING" in out
     assert out.strip().endswith("0 passed, 3 failed")
+
+
+def test_compare_ignores_one_sided_info_unless_strict(tmp_path: Path, capsys) -> None:
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps({"s/ok": "SUCCESS", "s/event": "INFO", "s/event#2": "INFO"}))
+    b.write_text(json.dumps({"s/ok": "SUCCESS", "s/event": "INFO"}))
+    assert run.main(["compare", str(a), str(b)]) == 0
+    assert capsys.readouterr().out.strip().endswith("2 passed, 0 failed")
+    assert run.main(["compare", "--strict", str(a), str(b)]) == 1
