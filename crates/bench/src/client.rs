@@ -165,6 +165,13 @@ impl McpClient {
         self.conn.is_closed()
     }
 
+    /// Replaces a closed connection with a new one, keeping the MCP session
+    /// (sessions are not tied to TCP connections).
+    pub async fn reconnect(&mut self) -> Result<()> {
+        self.conn = Conn::connect(self.endpoint.addr, self.conn.timeout).await?;
+        Ok(())
+    }
+
     fn headers(&self, method: &'static str) -> Vec<(&'static str, HeaderValue)> {
         let mut h = vec![
             ("content-type", HeaderValue::from_static("application/json")),

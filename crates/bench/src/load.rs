@@ -162,11 +162,12 @@ pub async fn run(
     Ok(run)
 }
 
-async fn reopen_if_broken(client: &mut McpClient, target: &Target) -> Result<()> {
+async fn reconnect_if_broken(client: &mut McpClient) -> Result<()> {
     if client.is_broken() {
-        *client = McpClient::open(&target.endpoint, target.era, target.timeout)
+        client
+            .reconnect()
             .await
-            .context("re-opening the client after a broken connection")?;
+            .context("reconnecting after the connection closed")?;
     }
     Ok(())
 }
@@ -193,7 +194,7 @@ async fn sequential(
             if warm_errors.count >= MAX_ERRORS.min(warmup as u64) {
                 bail!("warm-up failed: {}", warm_errors.samples.join("; "));
             }
-            reopen_if_broken(&mut client, target).await?;
+            reconnect_if_broken(&mut client).await?;
         }
     }
     run.errors.merge(warm_errors);
@@ -217,7 +218,7 @@ async fn sequential(
                 if errors.count >= MAX_ERRORS {
                     break;
                 }
-                reopen_if_broken(&mut client, target).await?;
+                reconnect_if_broken(&mut client).await?;
             }
         }
     }
@@ -276,7 +277,7 @@ async fn worker(target: Target, barrier: Arc<Barrier>, stop: Arc<AtomicBool>) ->
                 if out.errors.count >= MAX_ERRORS {
                     break;
                 }
-                if let Err(e) = reopen_if_broken(c, &target).await {
+                if let Err(e) = reconnect_if_broken(c).await {
                     out.errors.add(&e);
                     break;
                 }
