@@ -1,1 +1,83 @@
-fn main() {}
+//! The `portcullis` binary: command-line parsing and process wiring only. The
+//! gateway itself lives in the library crates.
+
+mod demo;
+mod proxy;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A governed gateway for the Model Context Protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway from a configuration file.
+    Serve {
+        #[arg(long, short, default_value = "portcullis.yaml")]
+        config: PathBuf,
+        /// Override the configured listen address.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Check a configuration file and exit.
+    Check {
+        #[arg(long, short, default_value = "portcullis.yaml")]
+        config: PathBuf,
+    },
+    /// Serve one upstream, unprefixed, at http://ADDR/mcp without a config file.
+    Proxy(proxy::ProxyArgs),
+    /// Start a demo gateway with sample upstreams at http://127.0.0.1:8080/mcp/demo.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = ".portcullis/demo")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config, listen } => {
+                let mut cfg = portcullis_config::Config::load(&config)?;
+                if let Some(l) = listen {
+                    cfg.listen = l;
+                }
+                serve::run(cfg, &config.display().to_string(), None).await
+            }
+            Command::Check { config } => {
+                let cfg = portcullis_config::Config::load(&config)?;
+                println!(
+                    "{}: ok ({} upstreams, {} virtual servers)",
+                    config.display(),
+                    cfg.upstreams.len(),
+                    cfg.virtual_servers.len()
+                );
+                Ok(())
+            }
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Demo { listen, data_dir } => demo::run(listen, data_dir).await,
+        }
+    })
+}

@@ -56,9 +56,8 @@ fn expand(value: &str) -> Result<String, ConfigError> {
             .find('}')
             .ok_or_else(|| ConfigError::Invalid(format!("unterminated ${{ in {value:?}")))?;
         let name = &after[..end];
-        let v = std::env::var(name).map_err(|_| {
-            ConfigError::Invalid(format!("environment variable {name} is not set"))
-        })?;
+        let v = std::env::var(name)
+            .map_err(|_| ConfigError::Invalid(format!("environment variable {name} is not set")))?;
         out.push_str(&v);
         rest = &after[end + 1..];
     }

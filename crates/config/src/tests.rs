@@ -28,7 +28,10 @@ fn parses_a_full_config() {
     assert_eq!(c.listen, "127.0.0.1:9000");
     assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
     assert_eq!(c.upstreams[1].catalog.risk_tier, Some(2));
-    assert_eq!(c.virtual_servers[0].upstreams[1].effective_prefix(), "fs-http");
+    assert_eq!(
+        c.virtual_servers[0].upstreams[1].effective_prefix(),
+        "fs-http"
+    );
 }
 
 #[test]
@@ -40,19 +43,28 @@ fn unknown_key_names_line_and_key() {
 
 #[test]
 fn load_time_collisions_are_errors() {
-    let same_prefix = BASE.replace("      - upstream: fs_http", "      - upstream: fs_http\n        prefix: ev");
-    let e = Config::from_yaml(&same_prefix, "t").unwrap_err().to_string();
+    let same_prefix = BASE.replace(
+        "      - upstream: fs_http",
+        "      - upstream: fs_http\n        prefix: ev",
+    );
+    let e = Config::from_yaml(&same_prefix, "t")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("both use prefix"), "{e}");
 
     let rename_clash = BASE.replace(
         "          printEnv: {hide: true}",
         "          add: {rename: say}",
     );
-    let e = Config::from_yaml(&rename_clash, "t").unwrap_err().to_string();
+    let e = Config::from_yaml(&rename_clash, "t")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("both exposed as \"say\""), "{e}");
 
     let into_other_space = BASE.replace("{rename: say}", "{rename: fs-http_read}");
-    let e = Config::from_yaml(&into_other_space, "t").unwrap_err().to_string();
+    let e = Config::from_yaml(&into_other_space, "t")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("name space of upstream"), "{e}");
 }
 
@@ -60,13 +72,23 @@ fn load_time_collisions_are_errors() {
 fn references_and_fields_are_checked() {
     for (from, to, want) in [
         ("upstream: fs_http", "upstream: nope", "unknown upstream"),
-        ("transport: streamable_http", "transport: stdio", "`command` is required"),
+        (
+            "transport: streamable_http",
+            "transport: stdio",
+            "`command` is required",
+        ),
         ("risk_tier: 2", "risk_tier: 7", "risk_tier must be 1 to 4"),
         ("prefix: ev", "prefix: \"e:v\"", "prefix"),
         ("{rename: say}", "{rename: \"a:b\"}", "must match"),
-        ("transport: stdio", "transport: carrier_pigeon", "unknown variant"),
+        (
+            "transport: stdio",
+            "transport: carrier_pigeon",
+            "unknown variant",
+        ),
     ] {
-        let e = Config::from_yaml(&BASE.replacen(from, to, 1), "t").unwrap_err().to_string();
+        let e = Config::from_yaml(&BASE.replacen(from, to, 1), "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{from} -> {to}: {e}");
     }
 }

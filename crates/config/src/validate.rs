@@ -29,7 +29,9 @@ fn valid_ident(name: &str) -> bool {
 
 pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.limits.max_body_bytes < 1024 {
-        return Err(invalid("limits.max_body_bytes must be at least 1024".into()));
+        return Err(invalid(
+            "limits.max_body_bytes must be at least 1024".into(),
+        ));
     }
     let mut upstreams = BTreeSet::new();
     for up in &config.upstreams {
@@ -44,10 +46,9 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         match up.transport {
             Transport::StreamableHttp | Transport::Sse => {
-                let url = up
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| invalid(format!("{at}: `url` is required for this transport")))?;
+                let url = up.url.as_deref().ok_or_else(|| {
+                    invalid(format!("{at}: `url` is required for this transport"))
+                })?;
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(invalid(format!("{at}: `url` must be http:// or https://")));
                 }
@@ -111,13 +112,13 @@ fn validate_members(
     let mut renamed: BTreeMap<String, String> = BTreeMap::new();
     for m in &vs.upstreams {
         if !config.upstreams.iter().any(|u| u.name == m.upstream) {
-            return Err(invalid(format!(
-                "{at}: unknown upstream {:?}",
-                m.upstream
-            )));
+            return Err(invalid(format!("{at}: unknown upstream {:?}", m.upstream)));
         }
         if !members.insert(m.upstream.as_str()) {
-            return Err(invalid(format!("{at}: upstream {:?} listed twice", m.upstream)));
+            return Err(invalid(format!(
+                "{at}: upstream {:?} listed twice",
+                m.upstream
+            )));
         }
         let prefix = m.effective_prefix();
         if !names::is_valid_prefix(&prefix) {

@@ -1,1 +1,178 @@
-//! stub
+//! The Portcullis data plane.
+//!
+//! It serves one MCP endpoint per virtual server (`/mcp/<name>`) in both protocol
+//! eras and the deprecated HTTP+SSE transport, mints and guards downstream
+//! sessions, composes upstream catalogs, routes every request to the right upstream
+//! with names and ids translated, and relays everything an upstream sends back. It
+//! does not decide who may call what (identity and policy wrap it) and does not
+//! speak to upstreams itself (`portcullis-upstream` does).
+
+mod binding;
+mod bridge;
+mod caps;
+mod dispatch;
+mod edge;
+mod http;
+mod legacy_sse;
+mod modern;
+mod session;
+mod vserver;
+
+pub use edge::HostPolicy;
+
+use binding::Binding;
+use portcullis_config::{Config, Limits};
+use portcullis_protocol::cursor::CursorCodec;
+use portcullis_protocol::era::Era;
+use portcullis_upstream::{UpstreamError, UpstreamHandle};
+use serde_json::{json, Value};
+use session::SessionStore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vserver::VirtualServerRt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+pub struct Gateway {
+    vservers: HashMap<String, Arc<VirtualServerRt>>,
+    upstreams: HashMap<String, Arc<UpstreamHandle>>,
+    sessions: SessionStore,
+    cursors: CursorCodec,
+    limits: Limits,
+    hosts: HostPolicy,
+    /// Bindings shared by stateless (2026-07-28) callers, per virtual server and
+    /// client capability set, so upstream sessions are never set up per call.
+    modern: Mutex<HashMap<(String, String), Arc<Binding>>>,
+    sse: legacy_sse::SseTransports,
+    /// Virtual server also served at `/mcp` (quick proxy mode).
+    default_vs: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, hosts: HostPolicy) -> Result<Arc<Gateway>, GatewayError> {
+        let mut upstreams = HashMap::new();
+        for u in &config.upstreams {
+            let h = UpstreamHandle::new(u.clone(), config.limits.request_timeout_ms)?;
+            upstreams.insert(u.name.clone(), Arc::new(h));
+        }
+        let vservers = config
+            .virtual_servers
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    Arc::new(VirtualServerRt::new(v, &upstreams)),
+                )
+            })
+            .collect();
+        Ok(Arc::new(Gateway {
+            vservers,
+            upstreams,
+            sessions: SessionStore::default(),
+            cursors: CursorCodec::random(),
+            limits: config.limits.clone(),
+            hosts,
+            modern: Mutex::new(HashMap::new()),
+            sse: Default::default(),
+            default_vs: (config.virtual_servers.len() == 1)
+                .then(|| config.virtual_servers[0].name.clone()),
+        }))
+    }
+
+    /// The HTTP application: MCP endpoints and health.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    pub fn virtual_server_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vservers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// stdio processes currently running, per upstream.
+    pub fn running_processes(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .upstreams
+            .iter()
+            .map(|(k, u)| (k.clone(), u.running_processes()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn server_info(&self, vs: &str) -> Value {
+        json!({"name": format!("portcullis/{vs}"), "version": env!("CARGO_PKG_VERSION")})
+    }
+
+    fn modern_binding(
+        &self,
+        vs: &Arc<VirtualServerRt>,
+        caps: &Value,
+        info: &Value,
+    ) -> Arc<Binding> {
+        let key = (vs.name.clone(), caps.to_string());
+        let mut pool = self.modern.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = pool.get(&key) {
+            return b.clone();
+        }
+        let b = Binding::new(vs.clone(), Era::Modern, caps.clone(), info.clone());
+        pool.insert(key, b.clone());
+        b
+    }
+
+    /// Close idle sessions and idle stateless bindings every few seconds.
+    pub fn spawn_reaper(self: &Arc<Self>) {
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let Some(gw) = gw.upgrade() else { return };
+                let idle = gw.limits.session_idle_timeout_secs;
+                for s in gw.sessions.take_idle(idle) {
+                    tracing::info!(session = %&s.id[..8], "closing idle session");
+                    s.close().await;
+                }
+                let stale: Vec<Arc<Binding>> = {
+                    let mut pool = gw.modern.lock().unwrap_or_else(|p| p.into_inner());
+                    let keys: Vec<_> = pool
+                        .iter()
+                        .filter(|(_, b)| b.idle_secs() > idle)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    keys.iter().filter_map(|k| pool.remove(k)).collect()
+                };
+                for b in stale {
+                    b.close().await;
+                }
+            }
+        });
+    }
+
+    /// Close every session and upstream connection (stops stdio children).
+    pub async fn shutdown(&self) {
+        for s in self.sessions.drain() {
+            s.close().await;
+        }
+        let pooled: Vec<Arc<Binding>> = self
+            .modern
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, b)| b)
+            .collect();
+        for b in pooled {
+            b.close().await;
+        }
+    }
+}

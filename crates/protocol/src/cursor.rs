@@ -55,7 +55,12 @@ impl CursorCodec {
         let (payload, tag) = raw.split_at(12);
         let expected = self.tag(payload);
         // Constant-time comparison is not needed for a pagination cursor, but it is free.
-        if tag.iter().zip(expected.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+        if tag
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            != 0
+        {
             return None;
         }
         let offset = u32::from_be_bytes(payload[..4].try_into().ok()?);
@@ -73,7 +78,11 @@ mod tests {
         let c = CursorCodec::new([7; 32]);
         let s = c.encode(50, 99);
         assert_eq!(c.decode(&s, 99), Some(50));
-        assert_eq!(c.decode(&s, 98), None, "a cursor for another list is refused");
+        assert_eq!(
+            c.decode(&s, 98),
+            None,
+            "a cursor for another list is refused"
+        );
         assert_eq!(CursorCodec::new([8; 32]).decode(&s, 99), None);
         assert_eq!(c.decode("garbage", 99), None);
         let mut forged = s.clone().into_bytes();

@@ -219,8 +219,8 @@ mod tests {
                 method: "tools/list".into()
             }
         );
-        let n = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-            .unwrap();
+        let n =
+            Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
         assert!(matches!(n.kind, MessageKind::Notification { .. }));
         let r = Message::parse(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
         assert_eq!(r.kind, MessageKind::Response { id: json!("a") });

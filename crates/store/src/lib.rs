@@ -118,8 +118,12 @@ impl Store {
             return Ok(Applied::Unchanged);
         }
         let ts = now();
-        sqlx::query("DELETE FROM upstreams").execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM virtual_servers").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM upstreams")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM virtual_servers")
+            .execute(&mut *tx)
+            .await?;
         for (up, json) in ups.iter().zip(up_json.iter()) {
             let transport = serde_json::to_value(up.transport)?;
             sqlx::query(
@@ -178,10 +182,12 @@ impl Store {
 
     /// Raw stored spec of one upstream (for inspection and tests).
     pub async fn upstream_spec(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT spec FROM upstreams WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT spec FROM upstreams WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn revision_count(&self) -> Result<i64, StoreError> {

@@ -23,8 +23,14 @@ async fn applying_is_idempotent_and_tracks_changes() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir).await.unwrap();
     let config = Config::from_yaml(YAML, "t").unwrap();
-    assert!(matches!(store.apply_config(&config, "t").await.unwrap(), Applied::Changed { .. }));
-    assert_eq!(store.apply_config(&config, "t").await.unwrap(), Applied::Unchanged);
+    assert!(matches!(
+        store.apply_config(&config, "t").await.unwrap(),
+        Applied::Changed { .. }
+    ));
+    assert_eq!(
+        store.apply_config(&config, "t").await.unwrap(),
+        Applied::Unchanged
+    );
     assert_eq!(store.revision_count().await.unwrap(), 1);
 
     let rows = store.upstreams().await.unwrap();
@@ -33,7 +39,10 @@ async fn applying_is_idempotent_and_tracks_changes() {
     assert_eq!(rows[0].risk_tier, Some(3));
 
     let spec = store.upstream_spec("api").await.unwrap().unwrap();
-    assert!(!spec.contains("top-secret-value") && spec.contains(REDACTED), "{spec}");
+    assert!(
+        !spec.contains("top-secret-value") && spec.contains(REDACTED),
+        "{spec}"
+    );
     let spec = store.upstream_spec("local").await.unwrap().unwrap();
     assert!(!spec.contains("another-secret"), "{spec}");
 
@@ -43,8 +52,15 @@ async fn applying_is_idempotent_and_tracks_changes() {
         "t",
     )
     .unwrap();
-    assert!(matches!(store.apply_config(&smaller, "t").await.unwrap(), Applied::Changed { .. }));
-    assert_eq!(store.upstreams().await.unwrap().len(), 1, "removed upstream is deleted");
+    assert!(matches!(
+        store.apply_config(&smaller, "t").await.unwrap(),
+        Applied::Changed { .. }
+    ));
+    assert_eq!(
+        store.upstreams().await.unwrap().len(),
+        1,
+        "removed upstream is deleted"
+    );
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

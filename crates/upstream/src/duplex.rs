@@ -84,7 +84,8 @@ impl InFlight {
     /// Put the caller's progress token back and find who should get `msg`.
     /// `on_request` names the request whose stream carried the message, if any.
     pub(crate) fn route(&self, mut msg: Value, on_request: Option<u64>, events: &EventSink) {
-        let is_progress = msg.get("method").and_then(Value::as_str) == Some("notifications/progress");
+        let is_progress =
+            msg.get("method").and_then(Value::as_str) == Some("notifications/progress");
         let entries = lock(&self.entries);
         let target = if is_progress {
             let token = msg
@@ -121,7 +122,7 @@ impl InFlight {
             None => Some(msg),
         };
         if let Some(msg) = undelivered {
-            let _ = events.send(msg);
+            events(msg);
         }
     }
 

@@ -113,7 +113,8 @@ impl HttpConn {
         }
         if let Some(opts) = opts {
             for (k, v) in &opts.headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+                {
                     h.insert(k, v);
                 }
             }
@@ -171,7 +172,10 @@ impl HttpConn {
         let headers = self.headers(msg, None, true);
         match tokio::time::timeout(timeout, self.exchange(headers, msg, None)).await {
             Ok(r) => r.map(|_| ()),
-            Err(_) => Err(UpstreamError::Timeout(self.name.clone(), timeout.as_millis() as u64)),
+            Err(_) => Err(UpstreamError::Timeout(
+                self.name.clone(),
+                timeout.as_millis() as u64,
+            )),
         }
     }
 
@@ -189,7 +193,9 @@ impl HttpConn {
             .body(body)
             .send()
             .await
-            .map_err(|e| UpstreamError::Unreachable(self.name.clone(), e.without_url().to_string()))?;
+            .map_err(|e| {
+                UpstreamError::Unreachable(self.name.clone(), e.without_url().to_string())
+            })?;
         let status = resp.status();
         if let Some(sid) = resp.headers().get(era::HEADER_SESSION_ID) {
             if let Ok(s) = sid.to_str() {
@@ -234,7 +240,11 @@ impl HttpConn {
             };
         }
         let text: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        Err(UpstreamError::Http(self.name.clone(), status.as_u16(), text))
+        Err(UpstreamError::Http(
+            self.name.clone(),
+            status.as_u16(),
+            text,
+        ))
     }
 
     fn protocol(&self, why: String) -> UpstreamError {
@@ -297,7 +307,9 @@ impl HttpConn {
             .headers(h)
             .send()
             .await
-            .map_err(|e| UpstreamError::Unreachable(self.name.clone(), e.without_url().to_string()))?;
+            .map_err(|e| {
+                UpstreamError::Unreachable(self.name.clone(), e.without_url().to_string())
+            })?;
         if !resp.status().is_success() {
             return Err(UpstreamError::Http(
                 self.name.clone(),
@@ -318,7 +330,10 @@ impl HttpConn {
                 let mut h = conn.headers(&Value::Null, None, true);
                 h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
                 h.remove(CONTENT_TYPE);
-                if let Some(v) = last_event.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+                if let Some(v) = last_event
+                    .as_deref()
+                    .and_then(|l| HeaderValue::from_str(l).ok())
+                {
                     h.insert(era::HEADER_LAST_EVENT_ID, v);
                 }
                 let req = conn.client.get(&conn.url).headers(h).send();

@@ -61,7 +61,11 @@ pub(crate) async fn connect(
                 break ev.data.unwrap_or_default();
             }
             Some(Ok(_)) => continue,
-            _ => return Err(unreachable("the SSE stream ended before naming an endpoint".into())),
+            _ => {
+                return Err(unreachable(
+                    "the SSE stream ended before naming an endpoint".into(),
+                ))
+            }
         }
     };
     let base = reqwest::Url::parse(url).map_err(|e| unreachable(e.to_string()))?;
@@ -93,7 +97,11 @@ pub(crate) async fn connect(
             if ev.event.as_deref().is_some_and(|e| e != "message") {
                 continue;
             }
-            if let Some(msg) = ev.data.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+            if let Some(msg) = ev
+                .data
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
                 reader.dispatch(msg);
             }
         }
@@ -113,9 +121,17 @@ pub(crate) async fn connect(
             let mut h = static_headers.clone();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             let body = serde_json::to_vec(&msg).unwrap_or_default();
-            match client.post(post_url.clone()).headers(h).body(body).send().await {
+            match client
+                .post(post_url.clone())
+                .headers(h)
+                .body(body)
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(upstream = %writer_name, status = %r.status(), "SSE upstream refused a message"),
+                Ok(r) => {
+                    tracing::warn!(upstream = %writer_name, status = %r.status(), "SSE upstream refused a message")
+                }
                 Err(e) => {
                     tracing::warn!(upstream = %writer_name, error = %e.without_url(), "SSE upstream POST failed");
                     writer_duplex.mark_dead();

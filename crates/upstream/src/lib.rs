@@ -26,7 +26,7 @@ pub type RelatedSink = mpsc::UnboundedSender<Value>;
 
 /// Server-initiated messages not tied to an in-flight request (list changes,
 /// resource updates, requests sent on a legacy GET stream).
-pub type EventSink = mpsc::UnboundedSender<Value>;
+pub type EventSink = std::sync::Arc<dyn Fn(Value) + Send + Sync>;
 
 /// Per-request options a caller can set.
 #[derive(Debug, Default, Clone)]

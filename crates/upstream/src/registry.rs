@@ -26,7 +26,7 @@ pub struct UpstreamHandle {
 }
 
 /// What the downstream side tells an upstream when opening a connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OpenParams {
     /// The era the downstream client speaks; preferred when the upstream has both.
     pub client_era: Era,
@@ -113,7 +113,8 @@ impl UpstreamHandle {
             *b = (0, None);
         } else {
             let n = b.0.saturating_add(1);
-            let delay = (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF);
+            let delay =
+                (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF);
             *b = (n, Some(Instant::now() + delay));
         }
     }
@@ -145,11 +146,10 @@ impl UpstreamHandle {
                 Kind::Http(self.http_conn(Era::Legacy, params))
             }
             Transport::Stdio => {
-                let permit = self
-                    .processes
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| UpstreamError::Capacity(name.clone(), self.spec.max_processes))?;
+                let permit =
+                    self.processes.clone().try_acquire_owned().map_err(|_| {
+                        UpstreamError::Capacity(name.clone(), self.spec.max_processes)
+                    })?;
                 let (duplex, guard) = stdio::spawn(&self.spec, params.events.clone(), permit)?;
                 Kind::Stdio(duplex, tokio::sync::Mutex::new(guard))
             }
@@ -214,7 +214,8 @@ impl UpstreamHandle {
             }
         }
         conn.close().await;
-        Err(last_err.unwrap_or_else(|| UpstreamError::Init(self.spec.name.clone(), "no era".into())))
+        Err(last_err
+            .unwrap_or_else(|| UpstreamError::Init(self.spec.name.clone(), "no era".into())))
     }
 
     fn http_conn(&self, era: Era, params: &OpenParams) -> Arc<HttpConn> {
@@ -259,11 +260,15 @@ impl Connection {
         let fail = |why: String| UpstreamError::Init(self.name.clone(), why);
         match era {
             Era::Modern => {
-                let probe = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {}});
+                let probe =
+                    json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {}});
                 let resp = self.raw_request(self.adapt(probe), None, None).await?;
-                let result = resp
-                    .get("result")
-                    .ok_or_else(|| fail(format!("server/discover failed: {}", resp.get("error").cloned().unwrap_or(Value::Null))))?;
+                let result = resp.get("result").ok_or_else(|| {
+                    fail(format!(
+                        "server/discover failed: {}",
+                        resp.get("error").cloned().unwrap_or(Value::Null)
+                    ))
+                })?;
                 let modern = result
                     .get("supportedVersions")
                     .and_then(Value::as_array)
@@ -280,14 +285,19 @@ impl Connection {
                     "clientInfo": self.client_info,
                 }});
                 let resp = self.raw_request(init, None, None).await?;
-                let result = resp
-                    .get("result")
-                    .ok_or_else(|| fail(format!("initialize failed: {}", resp.get("error").cloned().unwrap_or(Value::Null))))?;
+                let result = resp.get("result").ok_or_else(|| {
+                    fail(format!(
+                        "initialize failed: {}",
+                        resp.get("error").cloned().unwrap_or(Value::Null)
+                    ))
+                })?;
                 let version = result
                     .get("protocolVersion")
                     .and_then(Value::as_str)
                     .filter(|v| era::is_legacy_version(v))
-                    .ok_or_else(|| fail("initialize returned an unsupported protocol version".into()))?
+                    .ok_or_else(|| {
+                        fail("initialize returned an unsupported protocol version".into())
+                    })?
                     .to_owned();
                 if let Kind::Http(h) = &self.kind {
                     h.set_version(&version);
@@ -352,7 +362,11 @@ impl Connection {
 
     /// Send a notification.
     pub async fn notify(&self, msg: Value) -> Result<(), UpstreamError> {
-        let msg = if self.era == Era::Legacy { msg } else { self.adapt(msg) };
+        let msg = if self.era == Era::Legacy {
+            msg
+        } else {
+            self.adapt(msg)
+        };
         self.send(msg).await
     }
 

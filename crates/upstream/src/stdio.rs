@@ -72,9 +72,9 @@ pub(crate) fn spawn(
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| UpstreamError::Unreachable(name.clone(), format!("cannot start {program}: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        UpstreamError::Unreachable(name.clone(), format!("cannot start {program}: {e}"))
+    })?;
     let pid = child.id();
     tracing::info!(upstream = %name, pid, command = %program, "started stdio upstream");
 

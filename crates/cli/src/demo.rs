@@ -1,0 +1,98 @@
+//! `portcullis demo`: a working gateway in one command, over real MCP servers from
+//! the npm registry (the reference "everything" and "filesystem" servers).
+
+use crate::serve;
+use anyhow::Context;
+use portcullis_config::Config;
+use std::path::PathBuf;
+
+const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
+const FILESYSTEM: &str = "@modelcontextprotocol/server-filesystem@2026.8.31";
+
+pub fn demo_config(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<Config> {
+    let files = data_dir.join("files");
+    std::fs::create_dir_all(&files).with_context(|| format!("creating {}", files.display()))?;
+    let readme = files.join("welcome.txt");
+    if !readme.exists() {
+        std::fs::write(
+            &readme,
+            "Hello from the Portcullis demo. This file is served by the filesystem upstream.\n",
+        )?;
+    }
+    let files = std::fs::canonicalize(&files)?;
+    let yaml = format!(
+        r#"
+listen: {listen}
+data_dir: {data_dir}
+upstreams:
+  - name: everything
+    transport: stdio
+    command: npx
+    args: ["-y", "{EVERYTHING}", "stdio"]
+    max_processes: 8
+    catalog:
+      owner: demo@portcullis.dev
+      team: platform
+      description: The MCP reference server that exercises every protocol feature
+      risk_tier: 1
+      tags: [demo, reference]
+  - name: files
+    transport: stdio
+    command: npx
+    args: ["-y", "{FILESYSTEM}", {files}]
+    max_processes: 8
+    catalog:
+      owner: demo@portcullis.dev
+      team: platform
+      description: Read and write files in the demo directory
+      risk_tier: 2
+      data_domains: [files]
+virtual_servers:
+  - name: demo
+    description: Portcullis demo - tools from the everything server (ev_*) and a sandboxed filesystem (files_*).
+    upstreams:
+      - upstream: everything
+        prefix: ev
+      - upstream: files
+        tools:
+          move_file: {{hide: true}}
+"#,
+        listen = serde_json::to_string(listen)?,
+        data_dir = serde_json::to_string(&data_dir.display().to_string())?,
+        files = serde_json::to_string(&files.display().to_string())?,
+    );
+    Ok(Config::from_yaml(&yaml, "demo")?)
+}
+
+pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {
+    if which("npx").is_none() {
+        anyhow::bail!("the demo runs its sample servers with npx: install Node.js (apt-get install nodejs npm)");
+    }
+    let config = demo_config(&listen, &data_dir)?;
+    serve::run(
+        config,
+        "demo",
+        Some(Box::new(|addr| {
+            let url = format!("http://{addr}/mcp/demo");
+            println!();
+            println!("Portcullis demo is running.");
+            println!("  MCP endpoint (Streamable HTTP): {url}");
+            println!("  Legacy SSE endpoint:            http://{addr}/mcp/demo/sse");
+            println!();
+            println!("Paste into an MCP client configuration (Claude Desktop, Cursor, VS Code):");
+            println!("  {{\"mcpServers\": {{\"portcullis-demo\": {{\"type\": \"http\", \"url\": \"{url}\"}}}}}}");
+            println!("or: claude mcp add --transport http portcullis-demo {url}");
+            println!();
+            println!("The first call may take a few seconds while npx fetches the sample servers.");
+        })),
+    )
+    .await
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,597 @@
+//! The downstream HTTP edge: Streamable HTTP (both eras) at `/mcp/<virtual server>`.
+
+use crate::binding::Binding;
+use crate::dispatch::{self, Caller};
+use crate::session::{Session, Waiter};
+use crate::{caps, legacy_sse, modern, Gateway};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::{self, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use portcullis_protocol::era::{self, Era};
+use portcullis_protocol::jsonrpc::{error_response, result_response};
+use portcullis_protocol::{ErrorCode, Message, MessageKind};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub(crate) fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/mcp/{vs}",
+            get(get_stream).post(post_message).delete(delete_session),
+        )
+        .route(
+            "/mcp",
+            get(default_get).post(default_post).delete(default_delete),
+        )
+        .route("/sse", get(default_sse))
+        .route("/messages", axum::routing::post(default_messages))
+        .route("/mcp/{vs}/sse", get(legacy_sse::open))
+        .route("/mcp/{vs}/messages", axum::routing::post(legacy_sse::post))
+        .fallback(|| async {
+            json_error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::InvalidRequest,
+                "no such endpoint; MCP endpoints are /mcp/<virtual-server>",
+            )
+        })
+        .with_state(gw)
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub(crate) fn json_error(status: StatusCode, code: ErrorCode, text: &str) -> Response {
+    json_response(status, &error_response(Value::Null, code, text))
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Edge checks shared by every MCP route: Host/Origin and the virtual server.
+pub(crate) fn admit(gw: &Gateway, headers: &HeaderMap, vs: &str) -> Result<(), Response> {
+    if let Err(why) = gw.hosts.check(headers) {
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::InvalidRequest,
+            why,
+        ));
+    }
+    if !gw.vservers.contains_key(vs) {
+        return Err(json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            &format!("unknown virtual server {vs:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Read a body up to the configured limit and classify it as one JSON-RPC message.
+pub(crate) async fn read_message(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Message, Response> {
+    let ct = header(headers, "content-type").unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidRequest,
+            "Content-Type must be application/json",
+        ));
+    }
+    let limit = gw.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::LimitExceeded,
+            &format!("request body exceeds the limit of {limit} bytes"),
+        )
+    })?;
+    Message::parse(&bytes)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()))
+}
+
+async fn post_message(
+    State(gw): State<Arc<Gateway>>,
+    Path(vs): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = admit(&gw, &headers, &vs) {
+        return r;
+    }
+    let msg = match read_message(&gw, &headers, body).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let session_id = header(&headers, era::HEADER_SESSION_ID);
+    let is_modern = era::meta_protocol_version(&msg.value)
+        .is_some_and(|v| !era::is_legacy_version(v))
+        || (session_id.is_none()
+            && header(&headers, era::HEADER_PROTOCOL_VERSION) == Some(era::MODERN))
+        || (session_id.is_none() && msg.method() == Some("server/discover"));
+    if is_modern && msg.method() != Some("initialize") {
+        return post_modern(gw, &vs, &headers, msg).await;
+    }
+    if msg.method() == Some("initialize") {
+        return match msg.kind {
+            MessageKind::Request { id, .. } => initialize(&gw, &vs, id, &msg.value).await,
+            _ => json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "initialize must be a request",
+            ),
+        };
+    }
+    let Some(sid) = session_id else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "Mcp-Session-Id header required (send initialize first, or use 2026-07-28 per-request _meta)",
+        );
+    };
+    let Some(session) = gw.sessions.get(&vs, sid) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "session not found; initialize a new session",
+        );
+    };
+    if let Some(v) = header(&headers, era::HEADER_PROTOCOL_VERSION) {
+        if !era::is_legacy_version(v) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                &format!("unsupported MCP-Protocol-Version {v:?}"),
+            );
+        }
+    }
+    session.touch();
+    match on_session_message(&gw, &session, msg).await {
+        Some(Reply::Stream(rx, handle)) => respond(rx, handle, Era::Legacy, None).await,
+        None => accepted(),
+    }
+}
+
+fn accepted() -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+pub(crate) enum Reply {
+    /// A task serving a request, and the channel of related messages it emits.
+    Stream(
+        mpsc::UnboundedReceiver<Value>,
+        tokio::task::JoinHandle<Value>,
+    ),
+}
+
+/// Handle one message on a legacy session. `None` for notifications and responses.
+pub(crate) async fn on_session_message(
+    gw: &Arc<Gateway>,
+    session: &Arc<Session>,
+    msg: Message,
+) -> Option<Reply> {
+    match msg.kind {
+        MessageKind::Response { ref id } => {
+            match session.take_waiter(id) {
+                Some(Waiter::Gateway(tx)) => {
+                    let _ = tx.send(msg.value);
+                }
+                Some(Waiter::Upstream {
+                    member,
+                    id: upstream_id,
+                }) => {
+                    let mut answer = msg.value;
+                    answer["id"] = upstream_id;
+                    let binding = session.binding.clone();
+                    tokio::spawn(async move {
+                        match binding.conn(member).await {
+                            Ok(conn) => {
+                                if let Err(e) = conn.respond(answer).await {
+                                    tracing::warn!(error = %e, "relaying a client answer upstream failed");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "upstream gone before the client answered")
+                            }
+                        }
+                    });
+                }
+                None => tracing::debug!("response to an unknown server request ignored"),
+            }
+            None
+        }
+        MessageKind::Notification { ref method } => {
+            on_notification(session, method, msg.value.clone()).await;
+            None
+        }
+        MessageKind::Request { id, method } => {
+            let (out_tx, out_rx) = mpsc::unbounded_channel();
+            let caller = Caller::Legacy(session.clone());
+            let gw2 = gw.clone();
+            let client_id = id.clone();
+            let tracked = id.clone();
+            let s2 = session.clone();
+            // Spawned: a legacy client's disconnect must not cancel the request.
+            let handle = tokio::spawn(async move {
+                let resp = dispatch::handle(&gw2, &caller, msg.value, &method, id, &out_tx).await;
+                s2.untrack(&client_id);
+                resp
+            });
+            session.track(&tracked, handle.abort_handle());
+            if handle.is_finished() {
+                session.untrack(&tracked);
+            }
+            Some(Reply::Stream(out_rx, handle))
+        }
+    }
+}
+
+async fn on_notification(session: &Arc<Session>, method: &str, value: Value) {
+    match method {
+        "notifications/initialized" => {}
+        "notifications/cancelled" => {
+            if let Some(rid) = value.pointer("/params/requestId") {
+                session.cancel(rid);
+            }
+        }
+        "notifications/roots/list_changed" => dispatch::fan_out(&session.binding, &value).await,
+        _ => {
+            if session.binding.vs.members.len() == 1 {
+                if let Ok(conn) = session.binding.conn(0).await {
+                    let _ = conn.notify(value).await;
+                }
+            }
+        }
+    }
+}
+
+async fn initialize(gw: &Arc<Gateway>, vs_name: &str, id: Value, value: &Value) -> Response {
+    if gw.sessions.len() >= gw.limits.max_sessions {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error_response(
+                id,
+                ErrorCode::LimitExceeded,
+                "the gateway is at its session limit",
+            ),
+        );
+    }
+    let Some(vs) = gw.vservers.get(vs_name).cloned() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "unknown virtual server",
+        );
+    };
+    let params = value.get("params").cloned().unwrap_or_else(|| json!({}));
+    let requested = params.get("protocolVersion").and_then(Value::as_str);
+    let version = era::negotiate_legacy(requested);
+    let caps_in = params
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let info = params
+        .get("clientInfo")
+        .cloned()
+        .unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
+    let binding = Binding::new(vs.clone(), Era::Legacy, caps_in.clone(), info);
+    let session = Session::new(binding.clone(), version.to_owned(), caps_in);
+    let results: Vec<Value> = binding
+        .open_all()
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().map(|c| c.init_result().clone()))
+        .collect();
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": caps::merge(&results, vs.members.len()),
+        "serverInfo": gw.server_info(vs_name),
+    });
+    if let Some(i) = caps::instructions(&results, vs.description.as_deref()) {
+        result["instructions"] = Value::from(i);
+    }
+    gw.sessions.insert(session.clone());
+    tracing::info!(virtual_server = vs_name, session = %&session.id[..8], version, "session started");
+    let mut r = json_response(StatusCode::OK, &result_response(id, result));
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        r.headers_mut().insert(era::HEADER_SESSION_ID, v);
+    }
+    r
+}
+
+async fn post_modern(
+    gw: Arc<Gateway>,
+    vs_name: &str,
+    headers: &HeaderMap,
+    msg: Message,
+) -> Response {
+    let (id, method) = match &msg.kind {
+        MessageKind::Request { id, method } => (id.clone(), method.clone()),
+        MessageKind::Notification { .. } => return accepted(),
+        MessageKind::Response { .. } => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "2026-07-28 clients do not send responses",
+            )
+        }
+    };
+    if let Err((status, body)) = modern::validate(headers, &msg) {
+        return json_response(status, &body);
+    }
+    let Some(vs) = gw.vservers.get(vs_name).cloned() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "unknown virtual server",
+        );
+    };
+    let meta = msg.value.pointer("/params/_meta");
+    let caps = meta
+        .and_then(|m| m.get(era::META_CLIENT_CAPABILITIES))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let info = meta
+        .and_then(|m| m.get(era::META_CLIENT_INFO))
+        .cloned()
+        .unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
+    let binding = gw.modern_binding(&vs, &caps, &info);
+    let param_headers = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with(era::HEADER_PARAM_PREFIX))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let caller = Caller::Modern {
+        binding,
+        param_headers,
+    };
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let gw2 = gw.clone();
+    let m2 = method.clone();
+    let handle =
+        tokio::spawn(
+            async move { dispatch::handle(&gw2, &caller, msg.value, &m2, id, &out_tx).await },
+        );
+    let info = gw.server_info(vs_name);
+    respond(out_rx, handle, Era::Modern, Some((method, info))).await
+}
+
+/// Aborts the serving task when the client goes away (2026-07-28: a closed stream
+/// is a cancellation).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Answer with plain JSON when the response comes before anything else, otherwise
+/// switch to an SSE stream carrying the related messages and then the response.
+pub(crate) async fn respond(
+    mut rx: mpsc::UnboundedReceiver<Value>,
+    mut handle: tokio::task::JoinHandle<Value>,
+    era: Era,
+    modern_ctx: Option<(String, Value)>,
+) -> Response {
+    let guard = AbortOnDrop((era == Era::Modern).then(|| handle.abort_handle()));
+    let finish = move |mut v: Value| {
+        if let Some((method, info)) = &modern_ctx {
+            modern::decorate(method, &mut v, info);
+        }
+        v
+    };
+    let first = tokio::select! {
+        biased;
+        resp = &mut handle => {
+            let resp = resp.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+            if rx.is_empty() {
+                let resp = finish(resp);
+                let status = if era == Era::Modern { modern::status_for(&resp) } else { StatusCode::OK };
+                return json_response(status, &resp);
+            }
+            let pending: Vec<Value> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+            let events = pending.into_iter().chain(std::iter::once(finish(resp)));
+            return sse_response(stream::iter(events.map(to_event)).boxed());
+        }
+        m = rx.recv() => m,
+    };
+    let head = stream::iter(first.into_iter().map(to_event));
+    let related = stream::unfold(Some((rx, handle, guard, finish)), |state| async move {
+        let (mut rx, mut handle, guard, finish) = state?;
+        tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) => Some((vec![to_event(m)], Some((rx, handle, guard, finish)))),
+                None => {
+                    let resp = (&mut handle).await.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+                    drop(guard);
+                    Some((vec![to_event(finish(resp))], None))
+                }
+            },
+            resp = &mut handle => {
+                let resp = resp.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+                let mut out: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(to_event).collect();
+                out.push(to_event(finish(resp)));
+                drop(guard);
+                Some((out, None))
+            }
+        }
+    })
+    .flat_map(stream::iter);
+    sse_response(head.chain(related).boxed())
+}
+
+fn to_event(v: Value) -> Result<Event, Infallible> {
+    Ok(Event::default()
+        .event("message")
+        .data(serde_json::to_string(&v).unwrap_or_default()))
+}
+
+fn sse_response(
+    s: futures_util::stream::BoxStream<'static, Result<Event, Infallible>>,
+) -> Response {
+    let mut r = Sse::new(s).into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+async fn get_stream(
+    State(gw): State<Arc<Gateway>>,
+    Path(vs): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&gw, &headers, &vs) {
+        return r;
+    }
+    let Some(sid) = header(&headers, era::HEADER_SESSION_ID) else {
+        let mut r = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::InvalidRequest,
+            "GET needs a legacy session; 2026-07-28 clients use POST only",
+        );
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    };
+    let Some(session) = gw.sessions.get(&vs, sid) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "session not found",
+        );
+    };
+    if !header(&headers, "accept")
+        .unwrap_or("")
+        .contains("text/event-stream")
+    {
+        return json_error(
+            StatusCode::NOT_ACCEPTABLE,
+            ErrorCode::InvalidRequest,
+            "Accept must include text/event-stream",
+        );
+    }
+    let Some(rx) = session.open_stream() else {
+        return json_error(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidRequest,
+            "this session already has an open GET stream",
+        );
+    };
+    session.touch();
+    let s = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(to_event);
+    let mut r = Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+async fn delete_session(
+    State(gw): State<Arc<Gateway>>,
+    Path(vs): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&gw, &headers, &vs) {
+        return r;
+    }
+    let Some(sid) = header(&headers, era::HEADER_SESSION_ID) else {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::InvalidRequest,
+            "DELETE needs an Mcp-Session-Id",
+        );
+    };
+    if gw.sessions.get(&vs, sid).is_none() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "session not found",
+        );
+    }
+    if let Some(s) = gw.sessions.remove(sid) {
+        tracing::info!(session = %&s.id[..8], "session deleted by the client");
+        s.close().await;
+    }
+    StatusCode::OK.into_response()
+}
+
+fn default_vs(gw: &Gateway) -> Result<Path<String>, Response> {
+    gw.default_vs.clone().map(Path).ok_or_else(|| {
+        json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "no default virtual server; use /mcp/<virtual-server>",
+        )
+    })
+}
+
+async fn default_post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    match default_vs(&gw) {
+        Ok(p) => post_message(State(gw), p, headers, body).await,
+        Err(r) => r,
+    }
+}
+
+async fn default_get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match default_vs(&gw) {
+        Ok(p) => get_stream(State(gw), p, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn default_delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match default_vs(&gw) {
+        Ok(p) => delete_session(State(gw), p, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn default_sse(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    match default_vs(&gw) {
+        Ok(p) => legacy_sse::open(State(gw), p, headers).await,
+        Err(r) => r,
+    }
+}
+
+async fn default_messages(
+    State(gw): State<Arc<Gateway>>,
+    q: axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match default_vs(&gw) {
+        Ok(p) => legacy_sse::post(State(gw), p, q, headers, body).await,
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,216 @@
+//! The deprecated HTTP+SSE transport (2024-11-05) for old clients: `GET
+//! /mcp/<vs>/sse` opens the stream and names a POST endpoint; every answer travels
+//! on the stream.
+
+use crate::http::{admit, json_error, on_session_message, read_message, Reply};
+use crate::session::Session;
+use crate::Gateway;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use portcullis_protocol::era::Era;
+use portcullis_protocol::jsonrpc::result_response;
+use portcullis_protocol::{ErrorCode, MessageKind};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Open SSE streams by their endpoint id, with the session once initialized.
+#[derive(Default)]
+pub(crate) struct SseTransports {
+    streams: Mutex<HashMap<String, (mpsc::UnboundedSender<Value>, Option<Arc<Session>>)>>,
+}
+
+impl SseTransports {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<String, (mpsc::UnboundedSender<Value>, Option<Arc<Session>>)>,
+    > {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the transport (and closes its session) when the client disconnects.
+struct Cleanup(Arc<Gateway>, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let entry = self.0.sse.lock().remove(&self.1);
+        if let Some((_, Some(session))) = entry {
+            self.0.sessions.remove(&session.id);
+            tokio::spawn(async move { session.close().await });
+        }
+    }
+}
+
+pub(crate) async fn open(
+    State(gw): State<Arc<Gateway>>,
+    Path(vs): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&gw, &headers, &vs) {
+        return r;
+    }
+    let id = crate::session::mint_session_id();
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    gw.sse.lock().insert(id.clone(), (tx, None));
+    let endpoint = format!("/mcp/{vs}/messages?session_id={id}");
+    let cleanup = Cleanup(gw.clone(), id);
+    let first = futures_util::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().event("endpoint").data(endpoint))
+    });
+    let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |v| {
+        let _keep = &cleanup;
+        Ok(Event::default()
+            .event("message")
+            .data(serde_json::to_string(&v).unwrap_or_default()))
+    });
+    Sse::new(first.chain(rest))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+pub(crate) async fn post(
+    State(gw): State<Arc<Gateway>>,
+    Path(vs): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = admit(&gw, &headers, &vs) {
+        return r;
+    }
+    let Some(sid) = q.get("session_id").or_else(|| q.get("sessionId")).cloned() else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "session_id query parameter required",
+        );
+    };
+    let Some((tx, session)) = gw.sse.lock().get(&sid).cloned() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "unknown SSE session",
+        );
+    };
+    let msg = match read_message(&gw, &headers, body).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let session = match (session, &msg.kind) {
+        (Some(s), _) => s,
+        (None, MessageKind::Request { id, method }) if method == "initialize" => {
+            let s = match start_session(&gw, &vs, &msg.value).await {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let result = initialize_result(&gw, &s, &vs);
+            let _ = tx.send(result_response(id.clone(), result));
+            if let Some(e) = gw.sse.lock().get_mut(&sid) {
+                e.1 = Some(s.clone());
+            }
+            forward_session_stream(&s, tx.clone());
+            return StatusCode::ACCEPTED.into_response();
+        }
+        (None, _) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "initialize first",
+            )
+        }
+    };
+    session.touch();
+    match on_session_message(&gw, &session, msg).await {
+        Some(Reply::Stream(mut rx, handle)) => {
+            tokio::spawn(async move {
+                tokio::pin!(handle);
+                loop {
+                    tokio::select! {
+                        Some(m) = rx.recv() => { let _ = tx.send(m); }
+                        resp = &mut handle => {
+                            while let Ok(m) = rx.try_recv() { let _ = tx.send(m); }
+                            if let Ok(resp) = resp { let _ = tx.send(resp); }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        None => {}
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Session-wide messages (list changes, unrelated requests) share the one stream.
+fn forward_session_stream(session: &Arc<Session>, tx: mpsc::UnboundedSender<Value>) {
+    if let Some(mut rx) = session.open_stream() {
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn start_session(
+    gw: &Arc<Gateway>,
+    vs: &str,
+    value: &Value,
+) -> Result<Arc<Session>, Response> {
+    let vsr = gw.vservers.get(vs).cloned().ok_or_else(|| {
+        json_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::InvalidRequest,
+            "unknown virtual server",
+        )
+    })?;
+    let params = value.get("params").cloned().unwrap_or_else(|| json!({}));
+    let version = portcullis_protocol::era::negotiate_legacy(
+        params.get("protocolVersion").and_then(Value::as_str),
+    );
+    let caps = params
+        .get("capabilities")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let info = params
+        .get("clientInfo")
+        .cloned()
+        .unwrap_or_else(|| json!({"name": "unknown"}));
+    let binding = crate::binding::Binding::new(vsr, Era::Legacy, caps.clone(), info);
+    let session = Session::new(binding.clone(), version.to_owned(), caps);
+    binding.open_all().await;
+    gw.sessions.insert(session.clone());
+    Ok(session)
+}
+
+fn initialize_result(gw: &Gateway, session: &Session, vs: &str) -> Value {
+    let results: Vec<Value> = session
+        .binding
+        .open_conns()
+        .into_iter()
+        .map(|(_, c)| c.init_result().clone())
+        .collect();
+    let n = session.binding.vs.members.len();
+    let mut r = json!({
+        "protocolVersion": session.protocol_version,
+        "capabilities": crate::caps::merge(&results, n),
+        "serverInfo": gw.server_info(vs),
+    });
+    if let Some(i) = crate::caps::instructions(&results, session.binding.vs.description.as_deref())
+    {
+        r["instructions"] = Value::from(i);
+    }
+    r
+}

@@ -1,0 +1,167 @@
+//! 2026-07-28 rules at the edge: mirrored-header validation and result decoration.
+
+use http::{HeaderMap, StatusCode};
+use portcullis_protocol::era::{self};
+use portcullis_protocol::headers::decode_value;
+use portcullis_protocol::jsonrpc::{error_response, error_response_with_data};
+use portcullis_protocol::{ErrorCode, Message};
+use serde_json::{json, Value};
+
+pub type Rejection = (StatusCode, Value);
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub fn supported_versions() -> Value {
+    let mut v = vec![Value::from(era::MODERN)];
+    v.extend(era::LEGACY_VERSIONS.iter().map(|s| Value::from(*s)));
+    Value::Array(v)
+}
+
+/// Check a modern request's `_meta` and mirrored headers against its body.
+pub fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Rejection> {
+    let id = msg.id().cloned().unwrap_or(Value::Null);
+    let bad = |code, text: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            error_response(id.clone(), code, text),
+        )
+    };
+    let version = era::meta_protocol_version(&msg.value);
+    match version {
+        Some(v) if v == era::MODERN => {}
+        Some(v) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                error_response_with_data(
+                    id.clone(),
+                    ErrorCode::UnsupportedProtocolVersion,
+                    format!("unsupported protocol version {v}"),
+                    json!({"supported": supported_versions(), "requested": v}),
+                ),
+            ))
+        }
+        None => {
+            return Err(bad(
+                ErrorCode::InvalidParams,
+                format!(
+                    "params._meta[\"{}\"] is required",
+                    era::META_PROTOCOL_VERSION
+                ),
+            ))
+        }
+    }
+    match header(headers, era::HEADER_PROTOCOL_VERSION) {
+        Some(h) if Some(h) == version => {}
+        Some(h) => {
+            return Err(bad(
+                ErrorCode::HeaderMismatch,
+                format!("MCP-Protocol-Version header {h:?} does not match _meta"),
+            ))
+        }
+        None => {
+            return Err(bad(
+                ErrorCode::HeaderMismatch,
+                "MCP-Protocol-Version header is required".into(),
+            ))
+        }
+    }
+    let method = msg.method().unwrap_or_default();
+    match header(headers, era::HEADER_METHOD) {
+        Some(h) if h == method => {}
+        Some(h) => {
+            return Err(bad(
+                ErrorCode::HeaderMismatch,
+                format!("Mcp-Method header {h:?} does not match method {method:?}"),
+            ))
+        }
+        None => {
+            return Err(bad(
+                ErrorCode::HeaderMismatch,
+                "Mcp-Method header is required".into(),
+            ))
+        }
+    }
+    if era::may_require_input(method) {
+        let field = if method == "resources/read" {
+            "uri"
+        } else {
+            "name"
+        };
+        let body = msg
+            .params()
+            .and_then(|p| p.get(field))
+            .and_then(Value::as_str);
+        match header(headers, era::HEADER_NAME).map(decode_value) {
+            Some(Some(h)) if Some(h.as_str()) == body => {}
+            Some(_) => {
+                return Err(bad(
+                    ErrorCode::HeaderMismatch,
+                    format!("Mcp-Name header does not match params.{field}"),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    ErrorCode::HeaderMismatch,
+                    "Mcp-Name header is required".into(),
+                ))
+            }
+        }
+    }
+    if matches!(msg.kind, portcullis_protocol::MessageKind::Request { .. })
+        && msg
+            .value
+            .pointer(&format!(
+                "/params/_meta/{}",
+                era::META_CLIENT_CAPABILITIES.replace('/', "~1")
+            ))
+            .is_none()
+    {
+        return Err(bad(
+            ErrorCode::InvalidParams,
+            format!(
+                "params._meta[\"{}\"] is required",
+                era::META_CLIENT_CAPABILITIES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Make a result conform to 2026-07-28: `resultType`, cache hints (lists are
+/// filtered per caller, so never public), and the server's identity.
+pub fn decorate(method: &str, resp: &mut Value, server_info: &Value) {
+    let Some(result) = resp.get_mut("result").and_then(Value::as_object_mut) else {
+        return;
+    };
+    result
+        .entry("resultType")
+        .or_insert_with(|| Value::from("complete"));
+    let cacheable = matches!(
+        method,
+        "server/discover"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    );
+    if cacheable {
+        result.insert("ttlMs".into(), Value::from(0));
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
+    let meta = result.entry("_meta").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.entry(era::META_SERVER_INFO)
+            .or_insert_with(|| server_info.clone());
+    }
+}
+
+/// Header-level rejection for a modern request whose method the server lacks.
+pub fn status_for(resp: &Value) -> StatusCode {
+    match resp.pointer("/error/code").and_then(Value::as_i64) {
+        Some(-32601) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
