@@ -157,6 +157,21 @@ async fn call_named(
             format!("unknown {what}: {name}"),
         );
     };
+    if let (Caller::Modern { param_headers, .. }, ListKind::Tools) = (caller, kind) {
+        let catalog = match binding.cached(kind) {
+            Some(c) if c.item(&name).is_some() => c,
+            _ => binding.refresh(kind).await,
+        };
+        if let Some(tool) = catalog.item(&name) {
+            if let Err(why) = crate::modern::check_param_headers(
+                tool,
+                msg.pointer("/params/arguments"),
+                param_headers,
+            ) {
+                return error_response(id, ErrorCode::HeaderMismatch, why);
+            }
+        }
+    }
     msg["params"]["name"] = Value::from(upstream_name.clone());
     let mut opts = None;
     if kind == ListKind::Tools {
@@ -181,6 +196,7 @@ async fn call_named(
 fn param_headers(caller: &Caller, binding: &Binding, exposed: &str, msg: &Value) -> RequestOptions {
     let mut opts = RequestOptions::default();
     if let Caller::Modern { param_headers, .. } = caller {
+        // Intermediaries forward Mcp-Param-* they do not compute themselves.
         opts.headers.extend(param_headers.iter().cloned());
     }
     let Some(catalog) = binding.cached(ListKind::Tools) else {
@@ -320,7 +336,7 @@ async fn discover(gw: &Gateway, binding: &Binding, id: Value) -> Value {
         .filter_map(|r| r.as_ref().ok().map(|c| c.init_result().clone()))
         .collect();
     let mut result = json!({
-        "supportedVersions": [era::MODERN, era::LATEST_LEGACY, "2025-06-18"],
+        "supportedVersions": crate::modern::supported_versions(),
         "capabilities": caps::merge(&results, binding.vs.members.len()),
         "serverInfo": gw.server_info(&binding.vs.name),
     });

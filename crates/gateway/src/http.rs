@@ -129,7 +129,9 @@ async fn post_message(
         || (session_id.is_none()
             && header(&headers, era::HEADER_PROTOCOL_VERSION) == Some(era::MODERN))
         || (session_id.is_none() && msg.method() == Some("server/discover"));
-    if is_modern && msg.method() != Some("initialize") {
+    let explicit_modern =
+        era::meta_protocol_version(&msg.value).is_some_and(|v| !era::is_legacy_version(v));
+    if is_modern && (explicit_modern || msg.method() != Some("initialize")) {
         return post_modern(gw, &vs, &headers, msg).await;
     }
     if msg.method() == Some("initialize") {
@@ -341,6 +343,16 @@ async fn post_modern(
     if let Err((status, body)) = modern::validate(headers, &msg) {
         return json_response(status, &body);
     }
+    if modern::is_removed_method(&method) {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &error_response(
+                id,
+                ErrorCode::MethodNotFound,
+                format!("{method} does not exist in 2026-07-28"),
+            ),
+        );
+    }
     let Some(vs) = gw.vservers.get(vs_name).cloned() else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -348,16 +360,7 @@ async fn post_modern(
             "unknown virtual server",
         );
     };
-    let meta = msg.value.pointer("/params/_meta");
-    let caps = meta
-        .and_then(|m| m.get(era::META_CLIENT_CAPABILITIES))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let info = meta
-        .and_then(|m| m.get(era::META_CLIENT_INFO))
-        .cloned()
-        .unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
-    let binding = gw.modern_binding(&vs, &caps, &info);
+    let binding = gw.modern_binding(&vs);
     let param_headers = headers
         .iter()
         .filter(|(k, _)| k.as_str().starts_with(era::HEADER_PARAM_PREFIX))

@@ -47,7 +47,7 @@ pub struct Gateway {
     hosts: HostPolicy,
     /// Bindings shared by stateless (2026-07-28) callers, per virtual server and
     /// client capability set, so upstream sessions are never set up per call.
-    modern: Mutex<HashMap<(String, String), Arc<Binding>>>,
+    modern: Mutex<HashMap<String, Arc<Binding>>>,
     sse: legacy_sse::SseTransports,
     /// Virtual server also served at `/mcp` (quick proxy mode).
     default_vs: Option<String>,
@@ -114,19 +114,18 @@ impl Gateway {
         json!({"name": format!("portcullis/{vs}"), "version": env!("CARGO_PKG_VERSION")})
     }
 
-    fn modern_binding(
-        &self,
-        vs: &Arc<VirtualServerRt>,
-        caps: &Value,
-        info: &Value,
-    ) -> Arc<Binding> {
-        let key = (vs.name.clone(), caps.to_string());
+    /// The binding stateless callers of `vs` share. Each modern request carries its
+    /// own capabilities to modern upstreams; legacy upstreams are initialized
+    /// without client capabilities, because a 2026-07-28 client cannot receive
+    /// their mid-call requests anyway.
+    fn modern_binding(&self, vs: &Arc<VirtualServerRt>) -> Arc<Binding> {
         let mut pool = self.modern.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = pool.get(&key) {
+        if let Some(b) = pool.get(&vs.name) {
             return b.clone();
         }
-        let b = Binding::new(vs.clone(), Era::Modern, caps.clone(), info.clone());
-        pool.insert(key, b.clone());
+        let info = json!({"name": "portcullis", "version": env!("CARGO_PKG_VERSION")});
+        let b = Binding::new(vs.clone(), Era::Modern, json!({}), info);
+        pool.insert(vs.name.clone(), b.clone());
         b
     }
 

@@ -13,10 +13,60 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Every version this gateway speaks downstream, newest first.
 pub fn supported_versions() -> Value {
     let mut v = vec![Value::from(era::MODERN)];
     v.extend(era::LEGACY_VERSIONS.iter().map(|s| Value::from(*s)));
     Value::Array(v)
+}
+
+/// Check the client's `Mcp-Param-*` headers against the arguments, for every
+/// argument the tool annotates with `x-mcp-header`.
+pub fn check_param_headers(
+    tool: &Value,
+    args: Option<&Value>,
+    sent: &[(String, String)],
+) -> Result<(), String> {
+    let Some(props) = tool
+        .pointer("/inputSchema/properties")
+        .and_then(Value::as_object)
+    else {
+        return Ok(());
+    };
+    for (arg, schema) in props {
+        let Some(h) = schema.get("x-mcp-header").and_then(Value::as_str) else {
+            continue;
+        };
+        let name = format!("{}{}", era::HEADER_PARAM_PREFIX, h.to_ascii_lowercase());
+        let header = sent
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.as_str());
+        let value = args.and_then(|a| a.get(arg));
+        let expected = value.and_then(portcullis_protocol::headers::param_header_value);
+        match (header, expected) {
+            (None, None) => {}
+            (Some(_), None) if value.is_none() => {
+                return Err(format!("{name} is present but argument {arg:?} is not"))
+            }
+            (None, Some(_)) => {
+                return Err(format!("{name} header is required for argument {arg:?}"))
+            }
+            (Some(raw), _) => {
+                let decoded =
+                    decode_value(raw).ok_or_else(|| format!("{name} is not validly encoded"))?;
+                let body = match value {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                };
+                if decoded != body {
+                    return Err(format!("{name} does not match argument {arg:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Check a modern request's `_meta` and mirrored headers against its body.
@@ -29,35 +79,21 @@ pub fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Rejection> {
         )
     };
     let version = era::meta_protocol_version(&msg.value);
-    match version {
-        Some(v) if v == era::MODERN => {}
-        Some(v) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                error_response_with_data(
-                    id.clone(),
-                    ErrorCode::UnsupportedProtocolVersion,
-                    format!("unsupported protocol version {v}"),
-                    json!({"supported": supported_versions(), "requested": v}),
-                ),
-            ))
-        }
-        None => {
-            return Err(bad(
-                ErrorCode::InvalidParams,
-                format!(
-                    "params._meta[\"{}\"] is required",
-                    era::META_PROTOCOL_VERSION
-                ),
-            ))
-        }
-    }
+    let Some(version) = version else {
+        return Err(bad(
+            ErrorCode::InvalidParams,
+            format!(
+                "params._meta[\"{}\"] is required",
+                era::META_PROTOCOL_VERSION
+            ),
+        ));
+    };
     match header(headers, era::HEADER_PROTOCOL_VERSION) {
-        Some(h) if Some(h) == version => {}
+        Some(h) if h == version => {}
         Some(h) => {
             return Err(bad(
                 ErrorCode::HeaderMismatch,
-                format!("MCP-Protocol-Version header {h:?} does not match _meta"),
+                format!("MCP-Protocol-Version header {h:?} does not match _meta {version:?}"),
             ))
         }
         None => {
@@ -66,6 +102,17 @@ pub fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Rejection> {
                 "MCP-Protocol-Version header is required".into(),
             ))
         }
+    }
+    if version != era::MODERN {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            error_response_with_data(
+                id.clone(),
+                ErrorCode::UnsupportedProtocolVersion,
+                format!("unsupported protocol version {version}"),
+                json!({"supported": supported_versions(), "requested": version}),
+            ),
+        ));
     }
     let method = msg.method().unwrap_or_default();
     match header(headers, era::HEADER_METHOD) {
@@ -83,16 +130,7 @@ pub fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Rejection> {
             ))
         }
     }
-    if era::may_require_input(method) {
-        let field = if method == "resources/read" {
-            "uri"
-        } else {
-            "name"
-        };
-        let body = msg
-            .params()
-            .and_then(|p| p.get(field))
-            .and_then(Value::as_str);
+    if let Some((field, body)) = era::mirrored_name(method, &msg.value) {
         match header(headers, era::HEADER_NAME).map(decode_value) {
             Some(Some(h)) if Some(h.as_str()) == body => {}
             Some(_) => {
@@ -162,6 +200,19 @@ pub fn decorate(method: &str, resp: &mut Value, server_info: &Value) {
 pub fn status_for(resp: &Value) -> StatusCode {
     match resp.pointer("/error/code").and_then(Value::as_i64) {
         Some(-32601) => StatusCode::NOT_FOUND,
+        Some(-32022..=-32020) => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     }
+}
+
+/// Methods 2026-07-28 removed: answered 404 + method-not-found on the modern path.
+pub fn is_removed_method(method: &str) -> bool {
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "logging/setLevel"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+    )
 }

@@ -58,3 +58,22 @@ pub fn meta_protocol_version(msg: &serde_json::Value) -> Option<&str> {
         .get(META_PROTOCOL_VERSION)?
         .as_str()
 }
+
+/// The body value `Mcp-Name` mirrors for `method`: `params.name` or `params.uri` on
+/// tools/call, prompts/get and resources/read; `params.taskId` on tasks requests.
+pub fn mirrored_name<'a>(
+    method: &str,
+    msg: &'a serde_json::Value,
+) -> Option<(&'static str, Option<&'a str>)> {
+    let field = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
+        _ => return None,
+    };
+    let value = msg
+        .get("params")
+        .and_then(|p| p.get(field))
+        .and_then(|v| v.as_str());
+    Some((field, value))
+}

@@ -3,6 +3,7 @@
 //! progress-token rewriting that all connections share.
 
 use crate::{EventSink, RelatedSink, UpstreamError};
+use portcullis_protocol::era::META_SUBSCRIPTION_ID;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,16 +85,40 @@ impl InFlight {
     /// Put the caller's progress token back and find who should get `msg`.
     /// `on_request` names the request whose stream carried the message, if any.
     pub(crate) fn route(&self, mut msg: Value, on_request: Option<u64>, events: &EventSink) {
-        let is_progress =
-            msg.get("method").and_then(Value::as_str) == Some("notifications/progress");
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let is_progress = method == "notifications/progress";
+        let subscription = msg
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(META_SUBSCRIPTION_ID))
+            .and_then(Value::as_u64);
+        // Catalog and resource changes belong to no call, unless they answer a
+        // `subscriptions/listen` request (2026-07-28), which names itself.
+        let unrelated =
+            method.ends_with("/list_changed") || method == "notifications/resources/updated";
         let entries = lock(&self.entries);
-        let target = if is_progress {
+        let target = if let Some(sub) = subscription {
+            match entries.get(&sub) {
+                Some(e) => {
+                    if let Some(meta) = msg
+                        .pointer_mut("/params/_meta")
+                        .and_then(Value::as_object_mut)
+                    {
+                        meta.insert(META_SUBSCRIPTION_ID.into(), e.original_id.clone());
+                    }
+                    e.related.clone()
+                }
+                None => None,
+            }
+        } else if is_progress {
             let token = msg
                 .get("params")
                 .and_then(|p| p.get("progressToken"))
                 .and_then(Value::as_u64);
-            match token.and_then(|t| entries.get(&t).map(|e| (t, e))) {
-                Some((_, e)) => {
+            match token.and_then(|t| entries.get(&t)) {
+                Some(e) => {
                     if let (Some(orig), Some(params)) = (
                         e.original_token.clone(),
                         msg.get_mut("params").and_then(Value::as_object_mut),
@@ -104,6 +129,8 @@ impl InFlight {
                 }
                 None => None,
             }
+        } else if unrelated && on_request.is_none() {
+            None
         } else {
             match on_request {
                 Some(id) => entries.get(&id).and_then(|e| e.related.clone()),

@@ -99,12 +99,7 @@ impl HttpConn {
                 if let Ok(v) = HeaderValue::from_str(m) {
                     h.insert(era::HEADER_METHOD, v);
                 }
-                let name = msg.get("params").and_then(|p| {
-                    p.get("name")
-                        .or_else(|| p.get("uri"))
-                        .and_then(Value::as_str)
-                });
-                if let Some(n) = name.filter(|_| era::may_require_input(m)) {
+                if let Some((_, Some(n))) = era::mirrored_name(m, msg) {
                     if let Ok(v) = HeaderValue::from_str(&encode_value(n)) {
                         h.insert(era::HEADER_NAME, v);
                     }
