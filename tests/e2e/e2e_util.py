@@ -23,9 +23,9 @@ _ids = itertools.count(1)
 T = TypeVar("T")
 
 
-def tiny_upstream(name: str, marker: str, **extra) -> dict:
+def tiny_upstream(name: str, marker: str, *modes: str, **extra) -> dict:
     """A stdio upstream running the tiny server, tagged with `marker`."""
-    return {"name": name, "transport": "stdio", "command": PYTHON, "args": [str(TINY), marker], **extra}
+    return {"name": name, "transport": "stdio", "command": PYTHON, "args": [str(TINY), marker, *modes], **extra}
 
 
 def rpc(url: str, sid: str | None, method: str, params: dict | None = None, *,
@@ -92,11 +92,12 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2])
 
 
-def cmdline(pid: int) -> str:
+def argv(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
 
 
 def all_pids() -> list[int]:
@@ -104,8 +105,8 @@ def all_pids() -> list[int]:
 
 
 def pids_with_marker(marker: str) -> list[int]:
-    """Live (non-zombie) processes whose command line carries `marker`."""
-    return sorted(p for p in all_pids() if marker in cmdline(p) and (proc_stat(p) or ("Z",))[0] != "Z")
+    """Live (non-zombie) processes with `marker` as one of their arguments."""
+    return sorted(p for p in all_pids() if marker in argv(p) and (proc_stat(p) or ("Z",))[0] != "Z")
 
 
 def children_of(ppid: int) -> list[tuple[int, str]]:
@@ -119,4 +120,4 @@ def children_of(ppid: int) -> list[tuple[int, str]]:
 
 
 def describe(pids: list[int]) -> str:
-    return json.dumps({p: [proc_stat(p), cmdline(p)] for p in pids})
+    return json.dumps({p: [proc_stat(p), argv(p)] for p in pids})

@@ -1,18 +1,23 @@
 """A tiny hand-written stdio MCP server (newline-delimited JSON-RPC) for e2e tests.
 
-Usage: tiny_stdio.py MARKER. Prints `TINY-STDERR <MARKER> pid=<pid>` on stderr at start
+Usage: tiny_stdio.py MARKER [stubborn] [grandchild]. Prints `TINY-STDERR <MARKER> pid=<pid>` on stderr at start
 (the gateway logs child stderr), then serves `initialize`, `ping`, `tools/list` and
 `tools/call` with tools `echo`, `pid` and `sleep` (each call in its own thread so a
 sleeping call never blocks the others). Cancellations are reported on stderr.
+`stubborn` ignores SIGTERM and outlives stdin EOF (only SIGKILL stops it); `grandchild`
+starts a long-lived grandchild (command line `MARKER-grandchild`) in its process group.
 """
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
 
 MARKER = sys.argv[1] if len(sys.argv) > 1 else "none"
+MODES = set(sys.argv[2:])
 LOCK = threading.Lock()
 TOOLS = [
     {"name": "echo", "description": "Echo text", "inputSchema": {
@@ -72,13 +77,20 @@ def handle(msg):
 
 def main():
     log(f"pid={os.getpid()} started")
+    if "stubborn" in MODES:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "grandchild" in MODES:
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"{MARKER}-grandchild"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for line in sys.stdin:
         if line.strip():
             try:
                 handle(json.loads(line))
             except (ValueError, AttributeError) as e:
                 log(f"bad line: {e}")
-    log("stdin closed, exiting")
+    log("stdin closed")
+    if "stubborn" in MODES:
+        time.sleep(60)
 
 
 if __name__ == "__main__":
