@@ -10,6 +10,7 @@ use tokio::sync::Barrier;
 
 use crate::client::{Endpoint, Era, McpClient};
 use crate::stats::{self, CpuTime, Latency, SystemCpu};
+use crate::upstream::Counts;
 
 /// Calls each saturation worker makes before the measured window.
 const WORKER_WARMUP: usize = 20;
@@ -103,6 +104,17 @@ pub struct TargetRun {
     pub saturation: Phase,
     pub errors: Errors,
     pub warnings: Vec<String>,
+    /// Successful calls of the whole run, warm-ups included.
+    pub total_calls: u64,
+    /// What the upstream served during the whole run (filled in by the caller).
+    pub upstream: Counts,
+}
+
+impl TargetRun {
+    /// Upstream HTTP requests per successful call, session set-up included.
+    pub fn upstream_requests_per_call(&self) -> Option<f64> {
+        (self.total_calls > 0).then(|| self.upstream.http_requests as f64 / self.total_calls as f64)
+    }
 }
 
 struct CpuMark {
@@ -189,12 +201,18 @@ async fn sequential(
         })?;
     let mut warm_errors = Errors::default();
     for _ in 0..warmup {
-        if let Err(e) = client.call_echo().await {
-            warm_errors.add(&e);
-            if warm_errors.count >= MAX_ERRORS.min(warmup as u64) {
-                bail!("warm-up failed: {}", warm_errors.samples.join("; "));
+        match client.call_echo().await {
+            Ok(()) => run.total_calls += 1,
+            Err(e) => {
+                warm_errors.add(&e);
+                let reconnected = reconnect_if_broken(&mut client).await;
+                if let Err(e) = &reconnected {
+                    warm_errors.add(e);
+                }
+                if reconnected.is_err() || warm_errors.count >= MAX_ERRORS.min(warmup as u64) {
+                    bail!("warm-up failed: {}", warm_errors.samples.join("; "));
+                }
             }
-            reconnect_if_broken(&mut client).await?;
         }
     }
     run.errors.merge(warm_errors);
@@ -218,7 +236,10 @@ async fn sequential(
                 if errors.count >= MAX_ERRORS {
                     break;
                 }
-                reconnect_if_broken(&mut client).await?;
+                if let Err(e) = reconnect_if_broken(&mut client).await {
+                    errors.add(&e);
+                    break;
+                }
             }
         }
     }
@@ -227,6 +248,7 @@ async fn sequential(
     phase.connections = 1;
     phase.calls = samples.len() as u64;
     phase.latency = Latency::from_nanos(&mut samples);
+    run.total_calls += phase.calls;
     run.errors.merge(errors);
     add_warnings(&mut run.warnings, &client.warnings);
     if let Err(e) = client.close().await {
@@ -237,6 +259,7 @@ async fn sequential(
 
 struct WorkerOut {
     client: Option<McpClient>,
+    warmed: u64,
     samples: Vec<u64>,
     errors: Errors,
 }
@@ -244,6 +267,7 @@ struct WorkerOut {
 async fn worker(target: Target, barrier: Arc<Barrier>, stop: Arc<AtomicBool>) -> WorkerOut {
     let mut out = WorkerOut {
         client: None,
+        warmed: 0,
         samples: Vec::new(),
         errors: Errors::default(),
     };
@@ -255,6 +279,7 @@ async fn worker(target: Target, barrier: Arc<Barrier>, stop: Arc<AtomicBool>) ->
                     out.errors.add(&e);
                     break;
                 }
+                out.warmed += 1;
             }
             Some(c)
         }
@@ -315,6 +340,7 @@ async fn saturation(
     let mut opened = 0;
     for out in outs {
         all.extend_from_slice(&out.samples);
+        run.total_calls += out.warmed;
         run.errors.merge(out.errors);
         if let Some(client) = out.client {
             opened += 1;
@@ -332,6 +358,7 @@ async fn saturation(
     }
     phase.calls = all.len() as u64;
     phase.latency = Latency::from_nanos(&mut all);
+    run.total_calls += phase.calls;
     Ok(())
 }
 

@@ -265,14 +265,18 @@ fn run(args: Args) -> Result<ExitCode> {
                 timeout,
                 gateway_pid: gw_pid,
             };
-            rt.block_on(load::run(
-                &target,
-                args.warmup,
-                args.calls,
-                args.connections,
-                args.seconds,
-            ))
-            .map_err(|e| format!("{e:#}"))
+            let before = upstream.counts();
+            let mut run = rt
+                .block_on(load::run(
+                    &target,
+                    args.warmup,
+                    args.calls,
+                    args.connections,
+                    args.seconds,
+                ))
+                .map_err(|e| format!("{e:#}"))?;
+            run.upstream = upstream.counts().since(before);
+            Ok(run)
         };
         let direct = measure(&direct_ep, "direct");
         let gw = gw_endpoint.as_ref().map(|ep| measure(ep, "gateway"));

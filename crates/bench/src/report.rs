@@ -126,7 +126,7 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         .throughput_ratio()
         .map(|x| format!("{x:.2} x direct"))
         .unwrap_or_default();
-    let figures: [(String, Figure, usize, bool, String); 13] = [
+    let figures: [(String, Figure, usize, bool, String); 14] = [
         (
             "latency p50, 1 conn (us)".into(),
             |t| Some(t.sequential.latency.p50_us),
@@ -212,6 +212,13 @@ pub fn render(r: &EraReport, connections: usize) -> String {
             String::new(),
         ),
         (
+            "upstream HTTP requests per call".into(),
+            |t| t.upstream_requests_per_call(),
+            2,
+            true,
+            "session set-up included".into(),
+        ),
+        (
             "errors".into(),
             |t| Some(t.errors.count as f64),
             0,
@@ -241,6 +248,20 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         match o {
             Some(Err(e)) => out.push_str(&format!("  {name} failed: {e}\n")),
             Some(Ok(t)) => {
+                let u = &t.upstream;
+                out.push_str(&format!(
+                    "  {name}: upstream saw {} connections, {} HTTP requests: tools/call {}, tools/list {}, \
+                     initialize {}, server/discover {}, notifications {}, other {} ({} calls made)\n",
+                    u.connections,
+                    u.http_requests,
+                    u.tools_call,
+                    u.tools_list,
+                    u.initialize,
+                    u.discover,
+                    u.notifications,
+                    u.other,
+                    t.total_calls
+                ));
                 for s in &t.errors.samples {
                     out.push_str(&format!("  {name} error sample: {s}\n"));
                 }
@@ -313,6 +334,18 @@ fn outcome_json(o: &Outcome) -> Value {
             "errors": t.errors.count,
             "error_samples": t.errors.samples,
             "warnings": t.warnings,
+            "total_calls": t.total_calls,
+            "upstream_requests_per_call": t.upstream_requests_per_call(),
+            "upstream_served": {
+                "connections": t.upstream.connections,
+                "http_requests": t.upstream.http_requests,
+                "tools_call": t.upstream.tools_call,
+                "tools_list": t.upstream.tools_list,
+                "initialize": t.upstream.initialize,
+                "server_discover": t.upstream.discover,
+                "notifications": t.upstream.notifications,
+                "other": t.upstream.other,
+            },
         }),
         Err(e) => json!({"ok": false, "failure": e}),
     }

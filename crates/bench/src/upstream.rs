@@ -30,9 +30,54 @@ pub const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
 
+/// What the upstream has served so far (to see what the gateway sends it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub connections: u64,
+    pub http_requests: u64,
+    pub tools_call: u64,
+    pub tools_list: u64,
+    pub initialize: u64,
+    pub discover: u64,
+    pub notifications: u64,
+    pub other: u64,
+}
+
+impl Counts {
+    pub fn since(self, before: Counts) -> Counts {
+        Counts {
+            connections: self.connections - before.connections,
+            http_requests: self.http_requests - before.http_requests,
+            tools_call: self.tools_call - before.tools_call,
+            tools_list: self.tools_list - before.tools_list,
+            initialize: self.initialize - before.initialize,
+            discover: self.discover - before.discover,
+            notifications: self.notifications - before.notifications,
+            other: self.other - before.other,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    http_requests: AtomicU64,
+    tools_call: AtomicU64,
+    tools_list: AtomicU64,
+    initialize: AtomicU64,
+    discover: AtomicU64,
+    notifications: AtomicU64,
+    other: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A running upstream; stops (and joins its thread) when dropped.
 pub struct Upstream {
     pub addr: SocketAddr,
+    state: Arc<State>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -49,15 +94,35 @@ impl Upstream {
             .build()
             .context("building the upstream runtime")?;
         let (tx, rx) = oneshot::channel();
+        let state = Arc::new(State::default());
+        let served = state.clone();
         let thread = std::thread::Builder::new()
             .name("bench-upstream".into())
-            .spawn(move || runtime.block_on(serve(listener, rx)))
+            .spawn(move || runtime.block_on(serve(listener, served, rx)))
             .context("spawning the upstream thread")?;
         Ok(Upstream {
             addr,
+            state,
             shutdown: Some(tx),
             thread: Some(thread),
         })
+    }
+}
+
+impl Upstream {
+    pub fn counts(&self) -> Counts {
+        let c = &self.state.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            connections: get(&c.connections),
+            http_requests: get(&c.http_requests),
+            tools_call: get(&c.tools_call),
+            tools_list: get(&c.tools_list),
+            initialize: get(&c.initialize),
+            discover: get(&c.discover),
+            notifications: get(&c.notifications),
+            other: get(&c.other),
+        }
     }
 }
 
@@ -76,9 +141,10 @@ impl Drop for Upstream {
 struct State {
     sessions: Mutex<HashSet<String>>,
     next_session: AtomicU64,
+    counters: Counters,
 }
 
-async fn serve(listener: StdListener, mut shutdown: oneshot::Receiver<()>) {
+async fn serve(listener: StdListener, state: Arc<State>, mut shutdown: oneshot::Receiver<()>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -86,7 +152,6 @@ async fn serve(listener: StdListener, mut shutdown: oneshot::Receiver<()>) {
             return;
         }
     };
-    let state = Arc::new(State::default());
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut shutdown => return,
@@ -98,6 +163,7 @@ async fn serve(listener: StdListener, mut shutdown: oneshot::Receiver<()>) {
                 }
             },
         };
+        bump(&state.counters.connections);
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
@@ -156,6 +222,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Resp, Infallible> {
+    bump(&state.counters.http_requests);
     if req.uri().path() != "/mcp" {
         return Ok(empty(StatusCode::NOT_FOUND));
     }
@@ -212,6 +279,15 @@ fn dispatch(headers: &HeaderMap, msg: &Value, state: &State) -> Resp {
         // A JSON-RPC response from the client (legacy only): accept it.
         return empty(StatusCode::ACCEPTED);
     };
+    let c = &state.counters;
+    bump(match method {
+        "tools/call" => &c.tools_call,
+        "tools/list" => &c.tools_list,
+        "initialize" => &c.initialize,
+        "server/discover" => &c.discover,
+        m if m.starts_with("notifications/") => &c.notifications,
+        _ => &c.other,
+    });
     let Some(id) = msg.get("id") else {
         return empty(StatusCode::ACCEPTED); // notification
     };

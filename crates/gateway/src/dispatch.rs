@@ -405,10 +405,18 @@ fn relay(
     msg: Value,
     out: &Out,
 ) {
+    let paused =
+        msg.get("method").and_then(Value::as_str) == Some(portcullis_upstream::STREAM_PAUSED);
     match caller {
         Caller::Legacy(session) => {
-            let _ = out.send(session.from_upstream(member, msg));
+            if paused {
+                // Forwarded as is: the response writer mirrors the pause, clients never see it.
+                let _ = out.send(msg);
+            } else {
+                let _ = out.send(session.from_upstream(member, msg));
+            }
         }
+        Caller::Modern { .. } if paused => {}
         Caller::Modern { .. } => {
             if msg.get("id").is_some() {
                 // 2026-07-28 clients cannot receive requests; refuse on their behalf.

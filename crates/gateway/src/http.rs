@@ -10,6 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use portcullis_protocol::era::{self, Era};
@@ -169,7 +170,10 @@ async fn post_message(
     }
     session.touch();
     match on_session_message(&gw, &session, msg).await {
-        Some(Reply::Stream(rx, handle)) => respond(rx, handle, Era::Legacy, None).await,
+        Some(Reply::Stream(rx, handle)) => {
+            let sse = header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
+            respond_legacy(session, rx, handle, sse).await
+        }
         None => accepted(),
     }
 }
@@ -381,6 +385,99 @@ async fn post_modern(
     respond(out_rx, handle, Era::Modern, Some((method, info))).await
 }
 
+fn is_pause_marker(m: &Value) -> bool {
+    m.get("method").and_then(Value::as_str) == Some(portcullis_upstream::STREAM_PAUSED)
+}
+
+/// Delay a client should wait before resuming a paused stream.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// A legacy request's answer: an SSE stream that starts with a priming event and
+/// stays resumable through the session's replay log. A client that accepts only
+/// JSON gets JSON, and related messages go to its session stream instead.
+async fn respond_legacy(
+    session: Arc<Session>,
+    mut rx: mpsc::UnboundedReceiver<Value>,
+    handle: tokio::task::JoinHandle<Value>,
+    sse: bool,
+) -> Response {
+    let cancelled = || error_response(Value::Null, ErrorCode::InternalError, "request cancelled");
+    if !sse {
+        let s2 = session.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if !is_pause_marker(&m) {
+                    s2.push_to_stream(m);
+                }
+            }
+        });
+        let resp = handle.await.unwrap_or_else(|_| cancelled());
+        let _ = forward.await;
+        return json_response(StatusCode::OK, &resp);
+    }
+    let (n, live) = session.replay.open();
+    let s2 = session.clone();
+    tokio::spawn(async move {
+        tokio::pin!(handle);
+        loop {
+            tokio::select! {
+                Some(m) = rx.recv() => {
+                    if is_pause_marker(&m) {
+                        s2.replay.pause(n);
+                    } else {
+                        s2.replay.append(n, m);
+                    }
+                }
+                resp = &mut handle => {
+                    while let Ok(m) = rx.try_recv() {
+                        if !is_pause_marker(&m) {
+                            s2.replay.append(n, m);
+                        }
+                    }
+                    s2.replay.append(n, resp.unwrap_or_else(|_| cancelled()));
+                    s2.replay.finish(n);
+                    break;
+                }
+            }
+        }
+    });
+    let priming = Bytes::from(format!(
+        "id: {}\nretry: {}\ndata: \n\n",
+        crate::replay::event_id(n, 0),
+        RETRY.as_millis()
+    ));
+    let head = stream::once(async move { Ok::<_, Infallible>(priming) });
+    raw_sse_response(head.chain(replayed(live)).boxed())
+}
+
+fn replayed(
+    rx: mpsc::UnboundedReceiver<(String, Value)>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|(id, v)| {
+        let json = serde_json::to_string(&v).unwrap_or_default();
+        Ok(portcullis_protocol::sse::message_event(&json, Some(&id)))
+    })
+}
+
+/// An SSE response from pre-framed events (axum's framing cannot emit the empty
+/// `data:` line a priming event needs).
+fn raw_sse_response(
+    s: futures_util::stream::BoxStream<'static, Result<Bytes, Infallible>>,
+) -> Response {
+    let mut r = Response::new(Body::from_stream(s));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
 /// Aborts the serving task when the client goes away (2026-07-28: a closed stream
 /// is a cancellation).
 struct AbortOnDrop(Option<tokio::task::AbortHandle>);
@@ -502,6 +599,21 @@ async fn get_stream(
             ErrorCode::InvalidRequest,
             "Accept must include text/event-stream",
         );
+    }
+    if let Some(last) = header(&headers, era::HEADER_LAST_EVENT_ID) {
+        let resumed = crate::replay::parse_event_id(last)
+            .and_then(|(stream, seq)| session.replay.resume(stream, seq));
+        return match resumed {
+            Some(rx) => {
+                session.touch();
+                raw_sse_response(replayed(rx).boxed())
+            }
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::InvalidRequest,
+                "unknown or expired Last-Event-ID",
+            ),
+        };
     }
     let Some(rx) = session.open_stream() else {
         return json_error(

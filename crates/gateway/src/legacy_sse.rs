@@ -136,7 +136,11 @@ pub(crate) async fn post(
                 tokio::pin!(handle);
                 loop {
                     tokio::select! {
-                        Some(m) = rx.recv() => { let _ = tx.send(m); }
+                        Some(m) = rx.recv() => {
+                            if m.get("method").and_then(Value::as_str) != Some(portcullis_upstream::STREAM_PAUSED) {
+                                let _ = tx.send(m);
+                            }
+                        }
                         resp = &mut handle => {
                             while let Ok(m) = rx.try_recv() { let _ = tx.send(m); }
                             if let Ok(resp) = resp { let _ = tx.send(resp); }

@@ -15,6 +15,7 @@ mod edge;
 mod http;
 mod legacy_sse;
 mod modern;
+mod replay;
 mod session;
 mod vserver;
 

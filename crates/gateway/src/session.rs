@@ -32,6 +32,8 @@ pub struct Session {
     stream: Mutex<(Option<mpsc::UnboundedSender<Value>>, VecDeque<Value>)>,
     last_used: AtomicU64,
     closed: AtomicBool,
+    /// Resumable request streams.
+    pub replay: crate::replay::ReplayLog,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,6 +64,7 @@ impl Session {
             stream: Mutex::new((None, VecDeque::new())),
             last_used: AtomicU64::new(now_secs()),
             closed: AtomicBool::new(false),
+            replay: Default::default(),
         });
         let weak = Arc::downgrade(&session);
         binding.set_event_handler(Arc::new(move |member, msg| {

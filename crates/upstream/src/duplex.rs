@@ -60,6 +60,11 @@ impl InFlight {
         id
     }
 
+    /// The related sink of an in-flight request.
+    pub(crate) fn related(&self, id: u64) -> Option<RelatedSink> {
+        lock(&self.entries).get(&id).and_then(|e| e.related.clone())
+    }
+
     /// Forget a request; returns its original id.
     pub(crate) fn finish(&self, id: u64) -> Option<Value> {
         lock(&self.entries).remove(&id).map(|e| e.original_id)

@@ -283,6 +283,12 @@ impl HttpConn {
             let Some(last) = last_event.clone() else {
                 return Err(self.protocol("the response stream ended without a response".into()));
             };
+            if let Some(sink) = self.inflight.related(id) {
+                let _ = sink.send(
+                    serde_json::json!({"jsonrpc": "2.0", "method": crate::STREAM_PAUSED,
+                    "params": {"retryMs": retry_ms}}),
+                );
+            }
             tokio::time::sleep(Duration::from_millis(retry_ms.min(30_000))).await;
             resp = self.resume(&last).await?;
         }

@@ -28,6 +28,11 @@ pub type RelatedSink = mpsc::UnboundedSender<Value>;
 /// resource updates, requests sent on a legacy GET stream).
 pub type EventSink = std::sync::Arc<dyn Fn(Value) + Send + Sync>;
 
+/// A message the connection puts on a request's related sink when the upstream
+/// closed the request's stream early and the connection is resuming it (SEP-1699
+/// polling). Never sent to clients; the gateway may mirror the pause downstream.
+pub const STREAM_PAUSED: &str = "portcullis/upstream-stream-paused";
+
 /// Per-request options a caller can set.
 #[derive(Debug, Default, Clone)]
 pub struct RequestOptions {
