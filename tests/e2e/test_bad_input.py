@@ -91,6 +91,20 @@ def test_wrong_shape_is_invalid_request(env: Env, case: str) -> None:
     env.healthy()
 
 
+BAD_JSON = {
+    "empty": b"",
+    "invalid_utf8": b'\xff\xfe{"jsonrpc"',
+    "deep_nesting": b"[" * 5000 + b"]" * 5000,
+    "trailing_garbage": b'{"jsonrpc":"2.0","id":1,"method":"ping"} {}',
+}
+
+
+@pytest.mark.parametrize("case", BAD_JSON)
+def test_unparseable_body_is_parse_error(env: Env, case: str) -> None:
+    error_of(post(env.url, BAD_JSON[case], session=env.sid), 400, -32700, "parse error")
+    env.healthy()
+
+
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "text/event-stream"])
 def test_wrong_content_type_is_415(env: Env, ctype: str) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
@@ -109,6 +123,20 @@ def test_body_over_limit_is_413(env: Env) -> None:
     # Just under the limit is served in full.
     fits = "y" * (MAX_BODY - 1024)
     assert tool_text(call_tool(env.url, env.sid, "tiny_echo", {"text": fits})) == fits
+    env.healthy()
+
+
+def test_chunked_body_over_limit_is_413(env: Env) -> None:
+    """No Content-Length: the limit still applies while the body streams in."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tiny_echo","arguments":{"text":"'
+        for _ in range(70):
+            yield b"z" * 1024
+        yield b'"}}}'
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Mcp-Session-Id": env.sid, "MCP-Protocol-Version": "2025-11-25"}
+    r = httpx.post(env.url, content=chunks(), headers=h, timeout=30)
+    error_of(r, 413, -31003, str(MAX_BODY))
     env.healthy()
 
 
@@ -147,6 +175,50 @@ def test_deleted_session_is_404(env: Env) -> None:
     r = httpx.get(env.url, headers={**h, "Accept": "text/event-stream"}, timeout=10)
     error_of(r, 404, -32600, "session not found")
     error_of(httpx.delete(env.url, headers=h, timeout=10), 404, -32600, "session not found")
+    env.healthy()
+
+
+def test_session_header_and_method_rules(env: Env) -> None:
+    h = {"Mcp-Session-Id": env.sid, "MCP-Protocol-Version": "2025-11-25"}
+    # An unsupported protocol version header on a legacy session.
+    r = rpc(env.url, env.sid, "tools/list", headers={"MCP-Protocol-Version": "1999-01-01"})
+    error_of(r, 400, -32600, "1999-01-01")
+    # initialize sent as a notification.
+    r = post(env.url, {"jsonrpc": "2.0", "method": "initialize", "params": {"protocolVersion": "2025-11-25"}})
+    error_of(r, 400, -32600, "initialize must be a request")
+    assert "mcp-session-id" not in r.headers
+    # initialize carrying a session id starts a new session; the old one is untouched.
+    r = rpc(env.url, env.sid, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+    assert r.status_code == 200 and r.headers.get("mcp-session-id") not in (None, env.sid), r.text
+    # DELETE and GET without a session id.
+    error_of(httpx.delete(env.url, timeout=10), 405, -32600, "Mcp-Session-Id")
+    r = httpx.get(env.url, headers={"Accept": "text/event-stream"}, timeout=10)
+    error_of(r, 405, -32600, "GET")
+    assert r.headers.get("allow") == "POST"
+    # GET without Accept: text/event-stream; a second GET stream while one is open.
+    error_of(httpx.get(env.url, headers={**h, "Accept": "application/json"}, timeout=10), 406, -32600, "Accept")
+    with httpx.stream("GET", env.url, headers={**h, "Accept": "text/event-stream"}, timeout=10) as first:
+        assert first.status_code == 200 and first.headers["content-type"].startswith("text/event-stream")
+        second = httpx.get(env.url, headers={**h, "Accept": "text/event-stream"}, timeout=10)
+        error_of(second, 409, -32600, "already has an open GET stream")
+        env.healthy()  # POSTs are served while the GET stream is open
+    # A notification is accepted with 202 and no body.
+    r = post(env.url, {"jsonrpc": "2.0", "method": "notifications/whatever"}, session=env.sid)
+    assert r.status_code == 202 and r.content == b"", r.text
+    env.healthy()
+
+
+def test_bad_params(env: Env) -> None:
+    r = rpc(env.url, env.sid, "tools/call", {"arguments": {}})
+    assert rpc_result(r)["error"]["code"] == -32602 and "params.name" in rpc_result(r)["error"]["message"], r.text
+    r = rpc(env.url, env.sid, "tools/list", {"cursor": "not-a-cursor"})
+    assert rpc_result(r)["error"]["code"] == -32602 and "cursor" in rpc_result(r)["error"]["message"], r.text
+    # A method nobody handles, on a virtual server with two upstreams, is not routable.
+    mixed = env.gw.url("mixed")
+    msid = initialize(mixed)
+    r = rpc(mixed, msid, "vendor/unknownMethod", {})
+    err = rpc_result(r)["error"]
+    assert err["code"] == -32601 and "vendor/unknownMethod" in err["message"], err
     env.healthy()
 
 
