@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from conftest import PYTHON
 from e2e_util import (call_tool, children_of, describe, pids_with_marker, proc_stat, rpc, tiny_upstream,
                       tool_text, wait_until)
 from gateway import Gateway, initialize, post, rpc_result, running_gateway
@@ -222,4 +223,25 @@ def test_stateless_calls_share_one_child_until_idle(marker: str) -> None:
         assert len(pids) == 1 and pids_with_marker(marker) == sorted(pids), describe(pids_with_marker(marker))
         (pid,) = pids
         assert reaped(pid, 20), f"idle stateless child still running: {describe([pid])}"
+        assert_no_zombies(gw)
+
+
+def test_crashing_child_is_reaped_and_restarts_are_throttled(marker: str) -> None:
+    """A program that exits at once: every start is reaped, calls fail with -31001, and
+    restart backoff keeps rapid retries from spawning a process per call."""
+    crash = {"name": "crash", "transport": "stdio", "command": PYTHON,
+             "args": ["-c", "import sys; print('CRASHING', sys.argv[1], file=sys.stderr); sys.exit(3)", marker]}
+    cfg = {"upstreams": [crash], "virtual_servers": [{"name": "vs", "upstreams": [{"upstream": "crash"}]}]}
+    with running_gateway(cfg) as gw:
+        url = gw.url("vs")
+        sid = initialize(url)
+        codes = set()
+        for _ in range(20):
+            msg = call_tool(url, sid, "crash_anything")
+            codes.add(msg.get("error", {}).get("code"))
+        assert codes == {-31001}, codes
+        starts = gw.log().count("started stdio upstream")
+        assert 1 <= starts <= 5, f"{starts} process starts for 21 attempts within a second:\n{gw.log()}"
+        assert wait_until(lambda: f"CRASHING {marker}" in gw.log(), 10), gw.log()
+        assert pids_with_marker(marker) == []
         assert_no_zombies(gw)
