@@ -17,6 +17,24 @@ RUN = ROOT / "tests" / "conformance" / "run.py"
 REVISIONS = ["2025-11-25", "2026-07-28"]
 TRANSPORTS = ["http", "stdio", "sse"]
 
+# Differences that follow from the upstream transport, not from the gateway. Each is
+# documented in docs/architecture.md ("What era bridging cannot do").
+EXPECTED_DIFFERENCES = {
+    # The fixture's test_reconnection closes its HTTP stream mid-call; a stdio or SSE
+    # upstream has no such stream, so there is no pause for the gateway to mirror.
+    # (The gateway's own priming, retry and resumption checks pass on every transport.)
+    ("stdio", "2025-11-25"): {"server-sse-polling/server-sse-disconnect-resume"},
+    ("sse", "2025-11-25"): {"server-sse-polling/server-sse-disconnect-resume"},
+}
+
+
+def expected(transport: str, rev: str, check: str) -> bool:
+    if check in EXPECTED_DIFFERENCES.get((transport, rev), set()):
+        return True
+    # The deprecated HTTP+SSE transport is a 2024-11-05 (legacy) transport: the
+    # 2026-07-28 tasks extension cannot exist behind it.
+    return transport == "sse" and rev == "2026-07-28" and check.startswith("tasks-")
+
 
 def suite(mode: list[str], rev: str, out: Path) -> dict[str, str]:
     cmd = [PYTHON, str(RUN), *mode, "--requirements", rev, "-o", str(out)]
@@ -57,6 +75,7 @@ def test_gateway_matches_direct(transport: str, rev: str, direct: dict, tmp_path
         if baseline.get(k) != through.get(k)
         # INFO entries are traces whose number depends on timing, not verdicts.
         and not ({baseline.get(k), through.get(k)} <= {"INFO", None})
+        and not expected(transport, rev, k)
     }
     assert not differing, f"checks that differ (direct, gateway): {json.dumps(differing, indent=1)}\n{gw.log()[-4000:]}"
     assert sum(1 for s in through.values() if s == "SUCCESS") > 50
