@@ -12,6 +12,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,19 +30,19 @@ def marker() -> str:
 
 
 @contextmanager
-def tiny_gateway(marker: str, *modes: str, limits: dict | None = None, **upstream: object) -> Iterator[Gateway]:
+def tiny_gateway(marker: str, *modes: str, limits: dict | None = None, gw_env: dict | None = None,
+                 **upstream: object) -> Iterator[Gateway]:
     cfg: dict = {"upstreams": [tiny_upstream("tiny", marker, *modes, **upstream)],
                  "virtual_servers": [{"name": "vs", "upstreams": [{"upstream": "tiny"}]}]}
     if limits:
         cfg["limits"] = limits
-    with running_gateway(cfg) as gw:
-        try:
+    try:
+        with running_gateway(cfg, env=gw_env) as gw:
             yield gw
-        finally:
-            # Whatever happened, leave no tiny server behind (they are ours: unique marker).
-            for p in pids_with_marker(marker) + pids_with_marker(f"{marker}-grandchild"):
-                if gw.proc.poll() is not None:
-                    os.kill(p, signal.SIGKILL)
+    finally:
+        # If the gateway failed to stop them, leave none of our tiny servers behind.
+        for p in pids_with_marker(marker) + pids_with_marker(f"{marker}-grandchild"):
+            os.kill(p, signal.SIGKILL)
 
 
 def delete(url: str, sid: str) -> int:
@@ -108,7 +109,7 @@ def test_sigterm_to_gateway_stops_and_reaps_every_child(marker: str) -> None:
         assert pids_with_marker(marker) == [], describe(pids_with_marker(marker))
         assert all(proc_stat(p) is None for p in children), describe(children)
         assert wait_until(lambda: all(dead(g) for g in grandchildren), 10), describe(grandchildren)
-        assert gw.log().count("stopped after stdin closed") == 2, gw.log()
+        assert wait_until(lambda: gw.log().count("stopped after stdin closed") == 2, 5), gw.log()
 
 
 def test_stubborn_child_is_killed_and_reaped(marker: str) -> None:
@@ -193,6 +194,18 @@ def test_child_stderr_reaches_the_gateway_log(marker: str) -> None:
         assert wait_until(lambda: line in gw.log(), 10), gw.log()
         logged = next(x for x in gw.log_lines if line in x)
         assert "tiny" in logged.replace(line, ""), f"the line does not name its upstream: {logged!r}"
+
+
+def test_child_environment_is_scrubbed(marker: str) -> None:
+    """Gateway secrets never reach a child; configured variables and PATH do."""
+    secret = f"s3cret-{marker}"
+    with tiny_gateway(marker, gw_env={"PORTCULLIS_E2E_SECRET": secret}, env={"TINY_SETTING": "on"}) as gw:
+        initialize(gw.url("vs"))
+        (pid,) = pids_with_marker(marker)
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        env = dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+        assert secret not in raw, "a gateway environment variable leaked into the child"
+        assert env.get("TINY_SETTING") == "on" and "PATH" in env, sorted(env)
 
 
 def test_idle_session_is_closed_with_its_child(marker: str) -> None:
