@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +112,36 @@ def test_sigterm_to_gateway_stops_and_reaps_every_child(marker: str) -> None:
         assert all(proc_stat(p) is None for p in children), describe(children)
         assert wait_until(lambda: all(dead(g) for g in grandchildren), 10), describe(grandchildren)
         assert wait_until(lambda: gw.log().count("stopped after stdin closed") == 2, 5), gw.log()
+
+
+def test_sigterm_with_an_open_session_stream(marker: str) -> None:
+    """A client holding the GET stream open must not keep the gateway (and its
+    children) alive after SIGTERM: shutdown ends the stream and stops the children."""
+    with tiny_gateway(marker) as gw:
+        url = gw.url("vs")
+        sid = initialize(url)
+        (pid,) = pids_with_marker(marker)
+        opened = threading.Event()
+
+        def hold_stream() -> None:
+            h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25", "Accept": "text/event-stream"}
+            try:
+                with httpx.stream("GET", url, headers=h, timeout=60) as r:
+                    opened.set()
+                    for _ in r.iter_bytes():
+                        pass
+            except httpx.HTTPError:
+                pass
+
+        threading.Thread(target=hold_stream, daemon=True).start()
+        assert opened.wait(10), "GET stream did not open"
+        gw.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = gw.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, f"gateway still running 20 s after SIGTERM (rc={rc}); child alive: {not dead(pid)}\n{gw.log()}"
+        assert proc_stat(pid) is None, describe([pid])
 
 
 def test_stubborn_child_is_killed_and_reaped(marker: str) -> None:
