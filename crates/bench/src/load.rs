@@ -199,8 +199,18 @@ async fn sequential(
                 target.endpoint
             )
         })?;
+    // Warm-up and latency phase are bounded in time whatever happens
+    // (generous for any sane latency; a hung call costs the per-call timeout).
+    let budget = Duration::from_secs(60) + Duration::from_millis((warmup + calls) as u64 * 10);
+    let deadline = Instant::now() + budget;
     let mut warm_errors = Errors::default();
     for _ in 0..warmup {
+        if Instant::now() > deadline {
+            bail!(
+                "warm-up deadline exceeded: {}",
+                warm_errors.samples.join("; ")
+            );
+        }
         match client.call_echo().await {
             Ok(()) => run.total_calls += 1,
             Err(e) => {
@@ -217,15 +227,16 @@ async fn sequential(
     }
     run.errors.merge(warm_errors);
 
-    // Bounded in time whatever happens: generous for any sane latency.
-    let deadline =
-        Instant::now() + Duration::from_secs(60) + Duration::from_millis(calls as u64 * 10);
     let mut samples = Vec::with_capacity(calls);
     let mut errors = Errors::default();
     let mark = CpuMark::take(target.gateway_pid)?;
     for _ in 0..calls {
         if Instant::now() > deadline {
-            errors.add(&anyhow::anyhow!("sequential phase deadline exceeded"));
+            errors.add(&anyhow::anyhow!(
+                "latency phase stopped at its deadline ({:.0} s for warm-up + calls) after {} of {calls} calls",
+                budget.as_secs_f64(),
+                samples.len()
+            ));
             break;
         }
         let t = Instant::now();

@@ -62,6 +62,10 @@ struct Args {
     /// Only benchmark the in-process upstream (no gateway).
     #[arg(long, conflicts_with_all = ["gateway_bin", "gateway_url"])]
     direct_only: bool,
+    /// Run only the built-in upstream for --seconds seconds, then exit (no
+    /// load): for pointing a manually started gateway at it while debugging.
+    #[arg(long, conflicts_with_all = ["gateway_bin", "gateway_url", "direct_only"])]
+    serve_upstream: bool,
     /// Port of the in-process upstream (default: ephemeral); useful with --gateway-url.
     #[arg(long, default_value_t = 0)]
     upstream_port: u16,
@@ -201,6 +205,15 @@ fn run(args: Args) -> Result<ExitCode> {
     };
     let timeout = Duration::from_millis(args.timeout_ms);
     let upstream = Upstream::start(args.upstream_port)?;
+    if args.serve_upstream {
+        println!(
+            "upstream serving http://{}/mcp for {} s",
+            upstream.addr, args.seconds
+        );
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        println!("upstream served: {:?}", upstream.counts());
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
