@@ -5,6 +5,7 @@ the bad input still calls tools."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from e2e_util import assert_still_serving, call_tool, error_of, rpc, tiny_upstre
 from gateway import Gateway, free_port, initialize, post, rpc_result, running_gateway
 
 MAX_BODY = 65536
+GLOBAL_TIMEOUT_MS = 3000
 MODERN = "2026-07-28"
 META_PV = "io.modelcontextprotocol/protocolVersion"
 META_CAPS = "io.modelcontextprotocol/clientCapabilities"
@@ -40,16 +42,18 @@ def env() -> Iterator[Env]:
     marker = f"pc-e2e-bad-{uuid.uuid4().hex[:12]}"
     dead_url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
     config = {
-        "limits": {"max_body_bytes": MAX_BODY},
+        "limits": {"max_body_bytes": MAX_BODY, "request_timeout_ms": GLOBAL_TIMEOUT_MS},
         "upstreams": [
             tiny_upstream("tiny", marker),
             tiny_upstream("slow", marker + "-slow", timeouts={"request_ms": 1000}),
+            tiny_upstream("slow2", marker + "-slow2"),  # only the global limit applies
             {"name": "dead_http", "transport": "streamable_http", "url": dead_url},
             {"name": "nocmd", "transport": "stdio", "command": f"/nonexistent/{marker}/no-such-server"},
         ],
         "virtual_servers": [
             {"name": "main", "upstreams": [{"upstream": "tiny"}]},
             {"name": "slow", "upstreams": [{"upstream": "slow"}]},
+            {"name": "slow2", "upstreams": [{"upstream": "slow2"}]},
             {"name": "dead", "upstreams": [{"upstream": "dead_http", "prefix": "dead"}]},
             {"name": "nocmd", "upstreams": [{"upstream": "nocmd"}]},
             {"name": "mixed", "upstreams": [{"upstream": "tiny"}, {"upstream": "dead_http", "prefix": "dead"}]},
@@ -222,6 +226,25 @@ def test_bad_params(env: Env) -> None:
     env.healthy()
 
 
+def test_delete_during_a_call_answers_that_call(env: Env) -> None:
+    """Ending a session with a request in flight: the pending POST still gets a
+    JSON-RPC error carrying its own id (a null id cannot be matched by the client)."""
+    other = initialize(env.url)
+    body = {"jsonrpc": "2.0", "id": 4242, "method": "tools/call",
+            "params": {"name": "tiny_sleep", "arguments": {"seconds": 6}}}
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(post(env.url, body, session=other)), daemon=True)
+    t.start()
+    time.sleep(1)  # let the call reach the upstream
+    h = {"Mcp-Session-Id": other, "MCP-Protocol-Version": "2025-11-25"}
+    assert httpx.delete(env.url, headers=h, timeout=30).status_code == 200
+    t.join(20)
+    assert box, "the in-flight POST never completed"
+    msg = rpc_result(box[0])
+    assert "error" in msg and msg.get("id") == 4242, msg
+    env.healthy()
+
+
 def test_unknown_tool_is_invalid_params(env: Env) -> None:
     r = rpc(env.url, env.sid, "tools/call", {"name": "no_such_tool", "arguments": {}})
     assert r.status_code == 200, r.text
@@ -274,6 +297,34 @@ def test_slow_upstream_times_out(env: Env) -> None:
     assert wait_until(lambda: f"{env.marker}-slow CANCELLED" in env.gw.log(), 10), env.gw.log()
     assert tool_text(call_tool(url, sid, "slow_echo", {"text": "after"})) == "after"
     env.healthy()
+
+
+def test_global_request_timeout_applies(env: Env) -> None:
+    url = env.gw.url("slow2")
+    sid = initialize(url)
+    msg = call_tool(url, sid, "slow2_sleep", {"seconds": 10})
+    assert msg.get("error", {}).get("code") == -31002, msg
+    assert f"{GLOBAL_TIMEOUT_MS} ms" in msg["error"]["message"], msg
+    assert tool_text(call_tool(url, sid, "slow2_echo", {"text": "after"})) == "after"
+    env.healthy()
+
+
+def test_session_limit_is_503() -> None:
+    marker = f"pc-e2e-bad-{uuid.uuid4().hex[:12]}"
+    config = {"limits": {"max_sessions": 2}, "upstreams": [tiny_upstream("tiny", marker)],
+              "virtual_servers": [{"name": "main", "upstreams": [{"upstream": "tiny"}]}]}
+    with running_gateway(config) as gw:
+        url = gw.url("main")
+        first, second = initialize(url), initialize(url)
+        r = post(url, {"jsonrpc": "2.0", "id": 5, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e", "version": "1"}}})
+        error_of(r, 503, -31003, "session limit")
+        assert r.json()["id"] == 5 and "mcp-session-id" not in r.headers
+        h = {"Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}
+        assert httpx.delete(url, headers=h, timeout=30).status_code == 200
+        third = initialize(url)  # a freed slot can be used again
+        for sid in (first, third):
+            assert_still_serving(gw, "main", sid)
 
 
 # ---- DNS rebinding ------------------------------------------------------------------

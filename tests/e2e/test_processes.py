@@ -252,6 +252,16 @@ def test_idle_session_is_closed_with_its_child(marker: str) -> None:
         assert_no_zombies(gw)
 
 
+def test_session_with_a_call_in_flight_is_not_idle(marker: str) -> None:
+    """The idle reaper must not close a session while one of its requests is running."""
+    with tiny_gateway(marker, limits={"session_idle_timeout_secs": 1}) as gw:
+        url = gw.url("vs")
+        sid = initialize(url)
+        (pid,) = pids_with_marker(marker)
+        msg = call_tool(url, sid, "tiny_sleep", {"seconds": 7})  # spans at least one reaper pass
+        assert msg.get("result", {}).get("content", [{}])[0].get("text") == "slept", f"{msg}\n{gw.log()}"
+
+
 def modern_call(url: str, tool: str) -> dict:
     meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
     r = post(url, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
