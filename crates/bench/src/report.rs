@@ -283,6 +283,14 @@ pub fn render(r: &EraReport, connections: usize) -> String {
             "  WARNING: other processes used up to {noisy:.2} cores during a phase: these figures are disturbed\n"
         ));
     }
+    if let Some(p50) = g.map(|t| t.sequential.latency.p50_us) {
+        if (38_000.0..50_000.0).contains(&p50) {
+            out.push_str(
+                "  hint: a ~40 ms p50 is the signature of Nagle + delayed ACK: a response written in \
+                 several small writes on a socket without TCP_NODELAY\n",
+            );
+        }
+    }
     if let Some(idle) = d.and_then(|t| t.saturation.gateway_cpu) {
         let ms = idle.as_secs_f64() * 1e3;
         if ms >= 50.0 {

@@ -39,7 +39,10 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             hosts.push(host.to_owned());
         }
     }
-    let gateway = Gateway::new(&config, HostPolicy::new(&hosts))?;
+    let gateway = Gateway::new(
+        &config,
+        HostPolicy::new(&hosts, &config.security.allowed_origins),
+    )?;
     gateway.spawn_reaper();
     let listener = tokio::net::TcpListener::bind(addr)
         .await

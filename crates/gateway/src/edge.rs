@@ -6,6 +6,7 @@ use http::HeaderMap;
 #[derive(Clone, Debug, Default)]
 pub struct HostPolicy {
     hosts: Vec<String>,
+    origins: Vec<String>,
 }
 
 const LOOPBACK: &[&str] = &["localhost", "127.0.0.1", "[::1]", "::1"];
@@ -22,20 +23,30 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl HostPolicy {
-    /// Loopback names plus `extra` (host names, with or without port).
-    pub fn new(extra: &[String]) -> HostPolicy {
+    /// Loopback names plus `extra_hosts` (host names, with or without port); origins
+    /// may also come from `extra_origins` (URLs or host names).
+    pub fn new(extra_hosts: &[String], extra_origins: &[String]) -> HostPolicy {
+        let norm = |h: &String| {
+            let h = h.to_ascii_lowercase();
+            let h = h.split_once("://").map(|(_, r)| r.to_owned()).unwrap_or(h);
+            let h = h.split('/').next().unwrap_or_default().to_owned();
+            strip_port(&h).to_owned()
+        };
         let mut hosts: Vec<String> = LOOPBACK.iter().map(|s| s.to_string()).collect();
-        hosts.extend(
-            extra
-                .iter()
-                .map(|h| strip_port(&h.to_ascii_lowercase()).to_owned()),
-        );
-        HostPolicy { hosts }
+        hosts.extend(extra_hosts.iter().map(norm));
+        let mut origins = hosts.clone();
+        origins.extend(extra_origins.iter().map(norm));
+        HostPolicy { hosts, origins }
     }
 
     fn allowed(&self, host: &str) -> bool {
         let h = strip_port(host).to_ascii_lowercase();
         self.hosts.iter().any(|a| *a == h)
+    }
+
+    fn origin_allowed(&self, host: &str) -> bool {
+        let h = strip_port(host).to_ascii_lowercase();
+        self.origins.iter().any(|a| *a == h)
     }
 
     /// `Err(reason)` when the request must be refused with 403.
@@ -55,7 +66,7 @@ impl HostPolicy {
             }
             let host = o.split_once("://").map(|(_, h)| h).unwrap_or(o);
             let host = host.split('/').next().unwrap_or(host);
-            if !self.allowed(host) {
+            if !self.origin_allowed(host) {
                 return Err("Origin header not allowed");
             }
         }
@@ -78,7 +89,10 @@ mod tests {
 
     #[test]
     fn loopback_allowed_rebinding_refused() {
-        let p = HostPolicy::new(&["gw.example.com".into()]);
+        let p = HostPolicy::new(
+            &["gw.example.com".into()],
+            &["https://app.example.com".into()],
+        );
         assert!(p.check(&h("127.0.0.1:8080", None)).is_ok());
         assert!(p
             .check(&h("localhost", Some("http://localhost:3000")))
@@ -92,5 +106,12 @@ mod tests {
             .check(&h("localhost:8080", Some("http://evil.example.com")))
             .is_err());
         assert!(p.check(&h("localhost:8080", Some("null"))).is_err());
+        assert!(p
+            .check(&h("localhost:8080", Some("https://app.example.com")))
+            .is_ok());
+        assert!(
+            p.check(&h("app.example.com", None)).is_err(),
+            "an allowed origin is not an allowed host"
+        );
     }
 }
