@@ -22,7 +22,7 @@ from typing import Any
 
 import mcp_types as types
 from conftest import EVERYTHING_JS, FILESYSTEM_JS, ROOT
-from gateway import free_port, stop
+from gateway import Gateway, free_port, running_gateway, stop
 from mcp import Client
 
 NODE = os.environ.get("NODE22") or shutil.which("node") or "node"
@@ -47,6 +47,15 @@ def one_server(upstream: dict, vs: str = "v", **member: Any) -> dict:
     """A config with one upstream as the only member of virtual server `vs`."""
     return {"upstreams": [upstream],
             "virtual_servers": [{"name": vs, "upstreams": [{"upstream": upstream["name"], **member}]}]}
+
+
+@contextmanager
+def live_gateway(config: dict) -> Iterator[Gateway]:
+    """`running_gateway`, failing at teardown if the gateway died while in use."""
+    with running_gateway(config) as gw:
+        yield gw
+        if gw.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited early with {gw.proc.returncode}:\n{gw.log()}")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:

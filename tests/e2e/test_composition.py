@@ -20,7 +20,8 @@ import pytest
 from fixture_helpers import running_fixture
 from gateway import BINARY, Gateway, running_gateway
 from mcp.shared.exceptions import MCPError
-from peers import MODES, TIMEOUT, client, everything_stdio, filesystem_stdio, http_upstream, text_of
+from peers import (MODES, TIMEOUT, client, everything_stdio, filesystem_stdio, http_upstream, live_gateway,
+                   text_of)
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +63,7 @@ def config(root: Path) -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def gw(config: dict) -> Iterator[Gateway]:
-    with running_gateway(config) as g:
+    with live_gateway(config) as g:
         yield g
 
 

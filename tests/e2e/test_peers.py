@@ -18,10 +18,10 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from gateway import Gateway, running_gateway
+from gateway import Gateway
 from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
-from peers import (MODES, TIMEOUT, Eliciter, Sampler, client, everything_stdio, filesystem_stdio,
+from peers import (MODES, TIMEOUT, Eliciter, Sampler, client, everything_stdio, filesystem_stdio, live_gateway,
                    http_upstream, one_server, running_everything_http, text_of)
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +45,7 @@ def everything(request: pytest.FixtureRequest) -> Iterator[Gateway]:
             upstream = everything_stdio()
         else:
             upstream = http_upstream("everything", stack.enter_context(running_everything_http()))
-        yield stack.enter_context(running_gateway(one_server(upstream)))
+        yield stack.enter_context(live_gateway(one_server(upstream)))
 
 
 # --- server-everything ------------------------------------------------------------------
@@ -151,7 +151,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, P
     root = tmp_path_factory.mktemp("fsroot").resolve()
     (root / "hello.txt").write_text("hello from disk\n")
     (root / "sub").mkdir()
-    with running_gateway(one_server(filesystem_stdio(root))) as gw:
+    with live_gateway(one_server(filesystem_stdio(root))) as gw:
         yield gw, root
 
 
@@ -202,7 +202,7 @@ async def test_filesystem_refuses_path_outside_root(files: tuple[Gateway, Path])
 
 @pytest.fixture(scope="module")
 def everything_stdio_gw() -> Iterator[Gateway]:
-    with running_gateway(one_server(everything_stdio())) as gw:
+    with live_gateway(one_server(everything_stdio())) as gw:
         yield gw
 
 
