@@ -413,7 +413,7 @@ fn relay(
                 // Forwarded as is: the response writer mirrors the pause, clients never see it.
                 let _ = out.send(msg);
             } else {
-                let _ = out.send(session.from_upstream(member, msg));
+                let _ = out.send(session.translate_upstream(member, msg));
             }
         }
         Caller::Modern { .. } if paused => {}

@@ -41,12 +41,12 @@ impl HostPolicy {
 
     fn allowed(&self, host: &str) -> bool {
         let h = strip_port(host).to_ascii_lowercase();
-        self.hosts.iter().any(|a| *a == h)
+        self.hosts.contains(&h)
     }
 
     fn origin_allowed(&self, host: &str) -> bool {
         let h = strip_port(host).to_ascii_lowercase();
-        self.origins.iter().any(|a| *a == h)
+        self.origins.contains(&h)
     }
 
     /// `Err(reason)` when the request must be refused with 403.

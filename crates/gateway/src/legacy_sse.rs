@@ -21,19 +21,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// One open stream: where its messages go, and its session once initialized.
+type SseEntry = (mpsc::UnboundedSender<Value>, Option<Arc<Session>>);
+
 /// Open SSE streams by their endpoint id, with the session once initialized.
 #[derive(Default)]
 pub(crate) struct SseTransports {
-    streams: Mutex<HashMap<String, (mpsc::UnboundedSender<Value>, Option<Arc<Session>>)>>,
+    streams: Mutex<HashMap<String, SseEntry>>,
 }
 
 impl SseTransports {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<String, (mpsc::UnboundedSender<Value>, Option<Arc<Session>>)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SseEntry>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

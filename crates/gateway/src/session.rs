@@ -69,7 +69,7 @@ impl Session {
         let weak = Arc::downgrade(&session);
         binding.set_event_handler(Arc::new(move |member, msg| {
             if let Some(s) = weak.upgrade() {
-                let msg = s.from_upstream(member, msg);
+                let msg = s.translate_upstream(member, msg);
                 s.push_to_stream(msg);
             }
         }));
@@ -91,7 +91,7 @@ impl Session {
 
     /// Translate a message an upstream sent so the client can use it: requests get
     /// gateway ids, cancellations of them follow, resource URIs get namespaced.
-    pub fn from_upstream(&self, member: usize, mut msg: Value) -> Value {
+    pub fn translate_upstream(&self, member: usize, mut msg: Value) -> Value {
         let method = msg
             .get("method")
             .and_then(Value::as_str)

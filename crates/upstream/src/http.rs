@@ -221,10 +221,8 @@ impl HttpConn {
             .map_err(|e| UpstreamError::Unreachable(self.name.clone(), e.to_string()))?;
         // A JSON-RPC error in a 4xx body is the upstream's answer: pass it on.
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-            if v.get("result").is_some() || v.get("error").is_some() {
-                if status.is_success() || v.get("error").is_some() {
-                    return Ok(Answer::Response(v));
-                }
+            if (status.is_success() && v.get("result").is_some()) || v.get("error").is_some() {
+                return Ok(Answer::Response(v));
             }
         }
         if status.is_success() {

@@ -116,19 +116,14 @@ pub(crate) fn spawn(
         let duplex = duplex.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::with_capacity(64 * 1024, stdout).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => {
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        match serde_json::from_str::<Value>(&line) {
-                            Ok(msg) if msg.is_object() => duplex.dispatch(msg),
-                            _ => tracing::warn!(upstream = %duplex.name,
-                                "non-JSON-RPC line on stdout ignored ({} bytes)", line.len()),
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(msg) if msg.is_object() => duplex.dispatch(msg),
+                    _ => tracing::warn!(upstream = %duplex.name,
+                        "non-JSON-RPC line on stdout ignored ({} bytes)", line.len()),
                 }
             }
             duplex.mark_dead();
