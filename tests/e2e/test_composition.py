@@ -203,7 +203,7 @@ async def test_prompts_are_namespaced(gw: Gateway, mode: str) -> None:
 async def test_invalid_cursor_is_invalid_params(gw: Gateway, mode: str) -> None:
     with anyio.fail_after(TIMEOUT):
         async with client(gw.url(VS), mode) as c:
-            for lister in (c.list_tools, c.list_prompts, c.list_resources):
+            for lister in (c.list_tools, c.list_prompts, c.list_resources, c.list_resource_templates):
                 with pytest.raises(MCPError) as err:
                     await lister(cursor="not-a-real-cursor", cache_mode="bypass")
                 assert err.value.code == -32602, f"{lister.__name__}: {err.value}"
