@@ -167,7 +167,8 @@ def test_max_processes_refuses_the_third_session(marker: str) -> None:
         assert len(pids_with_marker(marker)) == 2, describe(pids_with_marker(marker))
         for sid in (a, b):
             assert tool_text(call_tool(url, sid, "tiny_echo", {"text": "ok"})) == "ok"
-        assert rpc_result(rpc(url, c, "tools/list"))["result"]["tools"] == []
+        listed = rpc_result(rpc(url, c, "tools/list"))
+        assert listed.get("error", {}).get("code") == -31003, listed
         assert len(pids_with_marker(marker)) == 2
         for attempt in (1, 2):
             msg = call_tool(url, c, "tiny_echo", {"text": "c"})
