@@ -10,6 +10,8 @@ use std::path::PathBuf;
 /// Called once the listener is bound, with the actual address.
 pub type OnListen = Box<dyn FnOnce(SocketAddr) + Send>;
 
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> anyhow::Result<()> {
     let addr: SocketAddr = config
         .listen
@@ -57,10 +59,24 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         f(bound);
     }
     let app = gateway.router();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down: closing sessions and stopping upstream processes");
+    // On a signal, end every session first: their open streams (GET, SSE) end with
+    // them, which lets the server drain; a hard deadline covers anything left.
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (gw, notify) = (gateway.clone(), stopping.clone());
+    let graceful = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing sessions and stopping upstream processes");
+        notify.notify_one();
+        gw.shutdown().await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        } => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; closing them"),
+    }
     gateway.shutdown().await;
     store.close().await;
     Ok(())

@@ -8,7 +8,7 @@ use portcullis_protocol::era::Era;
 use portcullis_upstream::{Connection, OpenParams, UpstreamError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,8 @@ pub struct Catalog {
     pub index: HashMap<String, (usize, String)>,
     positions: HashMap<String, usize>,
     pub fingerprint: u64,
+    /// Members that could not be listed, and why.
+    pub failures: Vec<UpstreamError>,
 }
 
 impl Catalog {
@@ -48,6 +50,17 @@ pub struct Binding {
     on_event: Mutex<Option<MemberEvents>>,
     self_ref: Weak<Binding>,
     last_used: AtomicU64,
+    active: AtomicUsize,
+}
+
+/// Marks a call in progress on a binding for as long as it lives.
+pub struct ActiveGuard<'a>(&'a Binding);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -86,6 +99,7 @@ impl Binding {
             on_event: Mutex::new(None),
             self_ref: me.clone(),
             last_used: AtomicU64::new(now_secs()),
+            active: AtomicUsize::new(0),
         })
     }
 
@@ -182,10 +196,18 @@ impl Binding {
         let fetches = (0..self.slots.len()).map(|i| self.fetch_member(kind, i));
         let per_member = join_all(fetches).await;
         let mut items = Vec::new();
+        let mut failures = Vec::new();
         let mut index: HashMap<String, (usize, String)> = HashMap::new();
         let mut positions = HashMap::new();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for (i, list) in per_member.into_iter().enumerate() {
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    failures.push(e);
+                    continue;
+                }
+            };
             for item in list {
                 let upstream_key = item
                     .get(kind.key())
@@ -212,23 +234,24 @@ impl Binding {
             items,
             index,
             positions,
+            failures,
             fingerprint: std::hash::Hasher::finish(&hasher),
         });
         lock(&self.catalogs).insert(kind, catalog.clone());
         catalog
     }
 
-    async fn fetch_member(&self, kind: ListKind, i: usize) -> Vec<Value> {
+    async fn fetch_member(&self, kind: ListKind, i: usize) -> Result<Vec<Value>, UpstreamError> {
         let conn = match self.conn(i).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(virtual_server = %self.vs.name, error = %e, "member skipped in {}", kind.method());
-                return Vec::new();
+                return Err(e);
             }
         };
         let caps = conn.init_result().get("capabilities");
         if caps.and_then(|c| c.get(kind.capability())).is_none() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut out = Vec::new();
         let mut cursor: Option<Value> = None;
@@ -242,12 +265,19 @@ impl Binding {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(upstream = %conn.name, error = %e, "{} failed", kind.method());
-                    break;
+                    return Err(e);
                 }
             };
             let Some(result) = resp.get("result") else {
-                tracing::warn!(upstream = %conn.name, "{} returned an error", kind.method());
-                break;
+                let why = resp
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error");
+                tracing::warn!(upstream = %conn.name, error = why, "{} returned an error", kind.method());
+                return Err(UpstreamError::Protocol(
+                    conn.name.clone(),
+                    format!("{} failed: {why}", kind.method()),
+                ));
             };
             if let Some(arr) = result.get(kind.field()).and_then(Value::as_array) {
                 out.extend(arr.iter().cloned());
@@ -257,21 +287,43 @@ impl Binding {
                 _ => break,
             }
         }
-        out
+        Ok(out)
     }
 
     /// Which member and upstream name an exposed tool or prompt name stands for.
-    pub async fn resolve(&self, kind: ListKind, exposed: &str) -> Option<(usize, String)> {
+    /// Only names the catalog lists resolve, so hidden and unknown tools never reach
+    /// an upstream. `Err` carries why a member could not be listed, when the name may
+    /// belong to it.
+    pub async fn resolve(
+        &self,
+        kind: ListKind,
+        exposed: &str,
+    ) -> Result<Option<(usize, String)>, UpstreamError> {
         if let Some(hit) = self
             .cached(kind)
             .and_then(|c| c.index.get(exposed).cloned())
         {
-            return Some(hit);
+            return Ok(Some(hit));
         }
-        if let Some(parsed) = self.vs.parse_name(kind, exposed) {
-            return Some(parsed);
+        let catalog = self.refresh(kind).await;
+        match catalog.index.get(exposed) {
+            Some(hit) => Ok(Some(hit.clone())),
+            None => match catalog.failures.first() {
+                Some(e) => Err(e.clone()),
+                None => Ok(None),
+            },
         }
-        self.refresh(kind).await.index.get(exposed).cloned()
+    }
+
+    /// Lets the idle reaper know a call is running.
+    pub fn begin(&self) -> ActiveGuard<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActiveGuard(self)
+    }
+
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
     }
 
     /// Which member serves a (possibly namespaced) resource URI.

@@ -58,7 +58,7 @@ pub async fn handle(
     out: &Out,
 ) -> Value {
     let binding = caller.binding();
-    binding.touch();
+    let _active = binding.begin();
     match method {
         "ping" => result_response(id, json!({})),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
@@ -101,6 +101,11 @@ pub async fn handle(
 
 async fn list(gw: &Gateway, binding: &Binding, kind: ListKind, msg: &Value, id: Value) -> Value {
     let catalog = binding.refresh(kind).await;
+    if catalog.items.is_empty() && catalog.failures.len() == binding.vs.members.len() {
+        if let Some(e) = catalog.failures.first() {
+            return upstream_error(id, e);
+        }
+    }
     let offset = match msg.pointer("/params/cursor") {
         None | Some(Value::Null) => 0,
         Some(Value::String(c)) => match gw.cursors.decode(c, catalog.fingerprint) {
@@ -145,17 +150,21 @@ async fn call_named(
     else {
         return error_response(id, ErrorCode::InvalidParams, "params.name is required");
     };
-    let Some((member, upstream_name)) = binding.resolve(kind, &name).await else {
-        let what = if kind == ListKind::Tools {
-            "tool"
-        } else {
-            "prompt"
-        };
-        return error_response(
-            id,
-            ErrorCode::InvalidParams,
-            format!("unknown {what}: {name}"),
-        );
+    let (member, upstream_name) = match binding.resolve(kind, &name).await {
+        Ok(Some(hit)) => hit,
+        Ok(None) => {
+            let what = if kind == ListKind::Tools {
+                "tool"
+            } else {
+                "prompt"
+            };
+            return error_response(
+                id,
+                ErrorCode::InvalidParams,
+                format!("unknown {what}: {name}"),
+            );
+        }
+        Err(e) => return upstream_error(id, &e),
     };
     if let (Caller::Modern { param_headers, .. }, ListKind::Tools) = (caller, kind) {
         let catalog = match binding.cached(kind) {
@@ -277,10 +286,10 @@ async fn complete(caller: &Caller, mut msg: Value, id: Value, out: &Out) -> Valu
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            binding
-                .resolve(ListKind::Prompts, &name)
-                .await
-                .map(|(m, n)| (m, "name", n))
+            match binding.resolve(ListKind::Prompts, &name).await {
+                Ok(hit) => hit.map(|(m, n)| (m, "name", n)),
+                Err(e) => return upstream_error(id, &e),
+            }
         }
         "ref/resource" => {
             let uri = msg

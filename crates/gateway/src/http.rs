@@ -136,6 +136,13 @@ async fn post_message(
         return post_modern(gw, &vs, &headers, msg).await;
     }
     if msg.method() == Some("initialize") {
+        if session_id.is_some() {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                "initialize starts a new session: send it without Mcp-Session-Id",
+            );
+        }
         return match msg.kind {
             MessageKind::Request { id, .. } => initialize(&gw, &vs, id, &msg.value).await,
             _ => json_error(
@@ -170,9 +177,9 @@ async fn post_message(
     }
     session.touch();
     match on_session_message(&gw, &session, msg).await {
-        Some(Reply::Stream(rx, handle)) => {
+        Some(Reply::Stream(rx, handle, id)) => {
             let sse = header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
-            respond_legacy(session, rx, handle, sse).await
+            respond_legacy(session, rx, handle, sse, id).await
         }
         None => accepted(),
     }
@@ -189,6 +196,7 @@ pub(crate) enum Reply {
     Stream(
         mpsc::UnboundedReceiver<Value>,
         tokio::task::JoinHandle<Value>,
+        Value,
     ),
 }
 
@@ -249,7 +257,7 @@ pub(crate) async fn on_session_message(
             if handle.is_finished() {
                 session.untrack(&tracked);
             }
-            Some(Reply::Stream(out_rx, handle))
+            Some(Reply::Stream(out_rx, handle, tracked))
         }
     }
 }
@@ -377,12 +385,26 @@ async fn post_modern(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let gw2 = gw.clone();
     let m2 = method.clone();
+    let id_for_cancel = id.clone();
     let handle =
         tokio::spawn(
             async move { dispatch::handle(&gw2, &caller, msg.value, &m2, id, &out_tx).await },
         );
     let info = gw.server_info(vs_name);
-    respond(out_rx, handle, Era::Modern, Some((method, info))).await
+    respond(
+        out_rx,
+        handle,
+        Era::Modern,
+        Some((method, info)),
+        id_for_cancel,
+    )
+    .await
+}
+
+/// The answer to a request whose task was cancelled (client cancellation, session
+/// end, shutdown): an error carrying the request's own id.
+pub(crate) fn cancelled_response(id: Value) -> Value {
+    error_response(id, ErrorCode::InternalError, "request cancelled")
 }
 
 fn is_pause_marker(m: &Value) -> bool {
@@ -400,8 +422,9 @@ async fn respond_legacy(
     mut rx: mpsc::UnboundedReceiver<Value>,
     handle: tokio::task::JoinHandle<Value>,
     sse: bool,
+    id: Value,
 ) -> Response {
-    let cancelled = || error_response(Value::Null, ErrorCode::InternalError, "request cancelled");
+    let cancelled = move || cancelled_response(id.clone());
     if !sse {
         let s2 = session.clone();
         let forward = tokio::spawn(async move {
@@ -497,6 +520,7 @@ pub(crate) async fn respond(
     mut handle: tokio::task::JoinHandle<Value>,
     era: Era,
     modern_ctx: Option<(String, Value)>,
+    id: Value,
 ) -> Response {
     let guard = AbortOnDrop((era == Era::Modern).then(|| handle.abort_handle()));
     let finish = move |mut v: Value| {
@@ -508,7 +532,7 @@ pub(crate) async fn respond(
     let first = tokio::select! {
         biased;
         resp = &mut handle => {
-            let resp = resp.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+            let resp = resp.unwrap_or_else(|_| cancelled_response(id.clone()));
             if rx.is_empty() {
                 let resp = finish(resp);
                 let status = if era == Era::Modern { modern::status_for(&resp) } else { StatusCode::OK };
@@ -521,20 +545,20 @@ pub(crate) async fn respond(
         m = rx.recv() => m,
     };
     let head = stream::iter(first.into_iter().map(to_event));
-    let related = stream::unfold(Some((rx, handle, guard, finish)), |state| async move {
-        let (mut rx, mut handle, guard, finish) = state?;
+    let related = stream::unfold(Some((rx, handle, guard, finish, id)), |state| async move {
+        let (mut rx, mut handle, guard, finish, id) = state?;
         tokio::select! {
             biased;
             m = rx.recv() => match m {
-                Some(m) => Some((vec![to_event(m)], Some((rx, handle, guard, finish)))),
+                Some(m) => Some((vec![to_event(m)], Some((rx, handle, guard, finish, id)))),
                 None => {
-                    let resp = (&mut handle).await.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+                    let resp = (&mut handle).await.unwrap_or_else(|_| cancelled_response(id));
                     drop(guard);
                     Some((vec![to_event(finish(resp))], None))
                 }
             },
             resp = &mut handle => {
-                let resp = resp.unwrap_or_else(|_| error_response(Value::Null, ErrorCode::InternalError, "request cancelled"));
+                let resp = resp.unwrap_or_else(|_| cancelled_response(id));
                 let mut out: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(to_event).collect();
                 out.push(to_event(finish(resp)));
                 drop(guard);

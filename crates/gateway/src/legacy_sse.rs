@@ -31,6 +31,11 @@ pub(crate) struct SseTransports {
 }
 
 impl SseTransports {
+    /// Drop every stream (shutdown): their responses end.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SseEntry>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -129,7 +134,7 @@ pub(crate) async fn post(
     };
     session.touch();
     match on_session_message(&gw, &session, msg).await {
-        Some(Reply::Stream(mut rx, handle)) => {
+        Some(Reply::Stream(mut rx, handle, id)) => {
             tokio::spawn(async move {
                 tokio::pin!(handle);
                 loop {
@@ -141,7 +146,7 @@ pub(crate) async fn post(
                         }
                         resp = &mut handle => {
                             while let Ok(m) = rx.try_recv() { let _ = tx.send(m); }
-                            if let Ok(resp) = resp { let _ = tx.send(resp); }
+                            let _ = tx.send(resp.unwrap_or_else(|_| crate::http::cancelled_response(id)));
                             break;
                         }
                     }

@@ -150,7 +150,7 @@ impl Gateway {
                     let mut pool = gw.modern.lock().unwrap_or_else(|p| p.into_inner());
                     let keys: Vec<_> = pool
                         .iter()
-                        .filter(|(_, b)| b.idle_secs() > idle)
+                        .filter(|(_, b)| b.idle_secs() > idle && !b.busy())
                         .map(|(k, _)| k.clone())
                         .collect();
                     keys.iter().filter_map(|k| pool.remove(k)).collect()
@@ -164,6 +164,7 @@ impl Gateway {
 
     /// Close every session and upstream connection (stops stdio children).
     pub async fn shutdown(&self) {
+        self.sse.clear();
         for s in self.sessions.drain() {
             s.close().await;
         }

@@ -82,7 +82,8 @@ impl Session {
     }
 
     pub fn idle_secs(&self) -> u64 {
-        now_secs().saturating_sub(self.last_used.load(Ordering::Relaxed))
+        let own = now_secs().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        own.min(self.binding.idle_secs())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -258,7 +259,7 @@ impl SessionStore {
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
         let idle: Vec<String> = map
             .iter()
-            .filter(|(_, s)| s.idle_secs() > max_idle)
+            .filter(|(_, s)| s.idle_secs() > max_idle && !s.binding.busy())
             .map(|(k, _)| k.clone())
             .collect();
         idle.iter().filter_map(|k| map.remove(k)).collect()

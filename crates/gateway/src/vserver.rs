@@ -12,8 +12,6 @@ pub struct MemberRt {
     pub upstream: Arc<UpstreamHandle>,
     pub prefix: String,
     pub tools: HashMap<String, ToolOverride>,
-    /// Exposed name → upstream tool name, for renamed tools.
-    pub renamed: HashMap<String, String>,
     pub hide_prompts: Vec<String>,
 }
 
@@ -85,16 +83,10 @@ impl VirtualServerRt {
             .iter()
             .filter_map(|m: &Member| {
                 let upstream = upstreams.get(&m.upstream)?.clone();
-                let renamed = m
-                    .tools
-                    .iter()
-                    .filter_map(|(tool, o)| o.rename.clone().map(|r| (r, tool.clone())))
-                    .collect();
                 Some(MemberRt {
                     upstream,
                     prefix: m.effective_prefix(),
                     tools: m.tools.clone().into_iter().collect(),
-                    renamed,
                     hide_prompts: m.hide_prompts.clone(),
                 })
             })
@@ -187,34 +179,6 @@ impl VirtualServerRt {
             [only] => Some((*only, uri)),
             _ => None,
         }
-    }
-
-    /// Best-effort reverse of a name without consulting a catalog: renames first,
-    /// then prefixes. Names that were made client-safe need the catalog.
-    pub fn parse_name(&self, kind: ListKind, exposed: &str) -> Option<(usize, String)> {
-        if kind == ListKind::Tools {
-            for (i, m) in self.members.iter().enumerate() {
-                if let Some(t) = m.renamed.get(exposed) {
-                    return Some((i, t.clone()));
-                }
-            }
-        }
-        let mut candidates = self.members.iter().enumerate().filter_map(|(i, m)| {
-            let rest = if m.prefix.is_empty() {
-                exposed
-            } else {
-                exposed
-                    .strip_prefix(&m.prefix)?
-                    .strip_prefix(&self.separator)?
-            };
-            let shown = match kind {
-                ListKind::Tools => self.expose_tool(i, rest),
-                _ => self.expose_prompt(i, rest),
-            };
-            (shown.as_deref() == Some(exposed)).then(|| (i, rest.to_owned()))
-        });
-        let first = candidates.next()?;
-        candidates.next().is_none().then_some(first)
     }
 
     /// Fixed arguments for a tool: merged over whatever the client sent.

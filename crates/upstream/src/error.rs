@@ -15,8 +15,8 @@ pub enum UpstreamError {
     SessionExpired(String),
     #[error("upstream {0} is closed")]
     Closed(String),
-    #[error("upstream {0} is restarting after a failure; retry in {1} ms")]
-    Backoff(String, u64),
+    #[error("upstream {0} failed recently ({2}); next attempt allowed in {1} ms")]
+    Backoff(String, u64, String),
     #[error("upstream {0} is at its process limit ({1})")]
     Capacity(String, usize),
     #[error("upstream {0} failed to initialize: {1}")]

@@ -21,7 +21,8 @@ pub struct UpstreamHandle {
     client: reqwest::Client,
     static_headers: HeaderMap,
     processes: Arc<Semaphore>,
-    backoff: Mutex<(u32, Option<Instant>)>,
+    /// Consecutive failures, when the next attempt is allowed, and why the last failed.
+    backoff: Mutex<(u32, Option<Instant>, String)>,
     request_timeout: Duration,
 }
 
@@ -82,7 +83,7 @@ impl UpstreamHandle {
             spec: Arc::new(spec),
             client,
             static_headers,
-            backoff: Mutex::new((0, None)),
+            backoff: Mutex::new((0, None, String::new())),
             request_timeout,
         })
     }
@@ -97,25 +98,29 @@ impl UpstreamHandle {
     }
 
     fn check_backoff(&self) -> Result<(), UpstreamError> {
-        let (_, until) = *lock(&self.backoff);
-        match until {
+        let b = lock(&self.backoff);
+        match b.1 {
             Some(t) if t > Instant::now() => Err(UpstreamError::Backoff(
                 self.spec.name.clone(),
                 (t - Instant::now()).as_millis() as u64,
+                b.2.clone(),
             )),
             _ => Ok(()),
         }
     }
 
-    fn record(&self, ok: bool) {
+    fn record(&self, outcome: Result<(), &UpstreamError>) {
         let mut b = lock(&self.backoff);
-        if ok {
-            *b = (0, None);
-        } else {
-            let n = b.0.saturating_add(1);
-            let delay =
-                (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF);
-            *b = (n, Some(Instant::now() + delay));
+        match outcome {
+            Ok(()) => *b = (0, None, String::new()),
+            // A full process table is not a failure of the upstream.
+            Err(UpstreamError::Capacity(..)) => {}
+            Err(e) => {
+                let n = b.0.saturating_add(1);
+                let delay =
+                    (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF);
+                *b = (n, Some(Instant::now() + delay), e.to_string());
+            }
         }
     }
 
@@ -131,7 +136,7 @@ impl UpstreamHandle {
                 init_timeout.as_millis() as u64,
             )),
         };
-        self.record(result.is_ok());
+        self.record(result.as_ref().map(|_| ()));
         if let Err(e) = &result {
             tracing::warn!(upstream = %self.spec.name, error = %e, "opening upstream failed");
         }
