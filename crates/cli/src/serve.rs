@@ -1,6 +1,7 @@
 //! Start the gateway: store, state, listener, graceful shutdown.
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use portcullis_config::Config;
 use portcullis_gateway::{Gateway, HostPolicy};
 use portcullis_store::{Applied, Store};
@@ -69,6 +70,11 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         notify.notify_one();
         gw.shutdown().await;
     };
+    // Answers are often written in two pieces (headers, body): without TCP_NODELAY
+    // the second waits for a delayed ACK, ~40 ms per call.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     tokio::select! {
         r = server => r?,

@@ -2,6 +2,7 @@
 
 use crate::binding::Binding;
 use crate::dispatch::{self, Caller};
+use crate::respond::{self, cancelled_response, Pending, Work};
 use crate::session::{Session, Waiter};
 use crate::{caps, legacy_sse, modern, Gateway};
 use axum::body::Body;
@@ -10,8 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use portcullis_protocol::era::{self, Era};
 use portcullis_protocol::jsonrpc::{error_response, result_response};
@@ -177,9 +177,9 @@ async fn post_message(
     }
     session.touch();
     match on_session_message(&gw, &session, msg).await {
-        Some(Reply::Stream(rx, handle, id)) => {
+        Some(Reply::Request(pending)) => {
             let sse = header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
-            respond_legacy(session, rx, handle, sse, id).await
+            respond::legacy(session, pending, sse).await
         }
         None => accepted(),
     }
@@ -192,12 +192,8 @@ fn accepted() -> Response {
 }
 
 pub(crate) enum Reply {
-    /// A task serving a request, and the channel of related messages it emits.
-    Stream(
-        mpsc::UnboundedReceiver<Value>,
-        tokio::task::JoinHandle<Value>,
-        Value,
-    ),
+    /// A request being served.
+    Request(Pending),
 }
 
 /// Handle one message on a legacy session. `None` for notifications and responses.
@@ -241,23 +237,21 @@ pub(crate) async fn on_session_message(
             None
         }
         MessageKind::Request { id, method } => {
-            let (out_tx, out_rx) = mpsc::unbounded_channel();
+            let (out_tx, rx) = mpsc::unbounded_channel();
             let caller = Caller::Legacy(session.clone());
             let gw2 = gw.clone();
             let client_id = id.clone();
-            let tracked = id.clone();
-            let s2 = session.clone();
-            // Spawned: a legacy client's disconnect must not cancel the request.
-            let handle = tokio::spawn(async move {
-                let resp = dispatch::handle(&gw2, &caller, msg.value, &method, id, &out_tx).await;
-                s2.untrack(&client_id);
-                resp
+            let (work, abort) = futures_util::future::abortable(async move {
+                dispatch::handle(&gw2, &caller, msg.value, &method, id, &out_tx).await
             });
-            session.track(&tracked, handle.abort_handle());
-            if handle.is_finished() {
-                session.untrack(&tracked);
-            }
-            Some(Reply::Stream(out_rx, handle, tracked))
+            session.track(&client_id, abort);
+            let s2 = session.clone();
+            let work: Work = Box::pin(async move {
+                let resp = work.await;
+                s2.untrack(&client_id);
+                resp.unwrap_or_else(|_| cancelled_response(client_id))
+            });
+            Some(Reply::Request(Pending { rx, work }))
         }
     }
 }
@@ -382,211 +376,19 @@ async fn post_modern(
         binding,
         param_headers,
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let gw2 = gw.clone();
+    let (out_tx, rx) = mpsc::unbounded_channel();
     let m2 = method.clone();
-    let id_for_cancel = id.clone();
-    let handle =
-        tokio::spawn(
-            async move { dispatch::handle(&gw2, &caller, msg.value, &m2, id, &out_tx).await },
-        );
+    let gw2 = gw.clone();
+    let work: Work =
+        Box::pin(async move { dispatch::handle(&gw2, &caller, msg.value, &m2, id, &out_tx).await });
     let info = gw.server_info(vs_name);
-    respond(
-        out_rx,
-        handle,
-        Era::Modern,
-        Some((method, info)),
-        id_for_cancel,
-    )
-    .await
-}
-
-/// The answer to a request whose task was cancelled (client cancellation, session
-/// end, shutdown): an error carrying the request's own id.
-pub(crate) fn cancelled_response(id: Value) -> Value {
-    error_response(id, ErrorCode::InternalError, "request cancelled")
-}
-
-fn is_pause_marker(m: &Value) -> bool {
-    m.get("method").and_then(Value::as_str) == Some(portcullis_upstream::STREAM_PAUSED)
-}
-
-/// Delay a client should wait before resuming a paused stream.
-const RETRY: Duration = Duration::from_millis(500);
-
-/// A legacy request's answer: an SSE stream that starts with a priming event and
-/// stays resumable through the session's replay log. A client that accepts only
-/// JSON gets JSON, and related messages go to its session stream instead.
-async fn respond_legacy(
-    session: Arc<Session>,
-    mut rx: mpsc::UnboundedReceiver<Value>,
-    handle: tokio::task::JoinHandle<Value>,
-    sse: bool,
-    id: Value,
-) -> Response {
-    let cancelled = move || cancelled_response(id.clone());
-    if !sse {
-        let s2 = session.clone();
-        let forward = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                if !is_pause_marker(&m) {
-                    s2.push_to_stream(m);
-                }
-            }
-        });
-        let resp = handle.await.unwrap_or_else(|_| cancelled());
-        let _ = forward.await;
-        return json_response(StatusCode::OK, &resp);
-    }
-    let (n, live) = session.replay.open();
-    let s2 = session.clone();
-    tokio::spawn(async move {
-        tokio::pin!(handle);
-        loop {
-            tokio::select! {
-                Some(m) = rx.recv() => {
-                    if is_pause_marker(&m) {
-                        s2.replay.pause(n);
-                    } else {
-                        s2.replay.append(n, m);
-                    }
-                }
-                resp = &mut handle => {
-                    while let Ok(m) = rx.try_recv() {
-                        if !is_pause_marker(&m) {
-                            s2.replay.append(n, m);
-                        }
-                    }
-                    s2.replay.append(n, resp.unwrap_or_else(|_| cancelled()));
-                    s2.replay.finish(n);
-                    break;
-                }
-            }
-        }
-    });
-    let priming = Bytes::from(format!(
-        "id: {}\nretry: {}\ndata: \n\n",
-        crate::replay::event_id(n, 0),
-        RETRY.as_millis()
-    ));
-    let head = stream::once(async move { Ok::<_, Infallible>(priming) });
-    raw_sse_response(head.chain(replayed(live)).boxed())
-}
-
-fn replayed(
-    rx: mpsc::UnboundedReceiver<(String, Value)>,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|(id, v)| {
-        let json = serde_json::to_string(&v).unwrap_or_default();
-        Ok(portcullis_protocol::sse::message_event(&json, Some(&id)))
-    })
-}
-
-/// An SSE response from pre-framed events (axum's framing cannot emit the empty
-/// `data:` line a priming event needs).
-fn raw_sse_response(
-    s: futures_util::stream::BoxStream<'static, Result<Bytes, Infallible>>,
-) -> Response {
-    let mut r = Response::new(Body::from_stream(s));
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-/// Aborts the serving task when the client goes away (2026-07-28: a closed stream
-/// is a cancellation).
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
-    }
-}
-
-/// Answer with plain JSON when the response comes before anything else, otherwise
-/// switch to an SSE stream carrying the related messages and then the response.
-pub(crate) async fn respond(
-    mut rx: mpsc::UnboundedReceiver<Value>,
-    mut handle: tokio::task::JoinHandle<Value>,
-    era: Era,
-    modern_ctx: Option<(String, Value)>,
-    id: Value,
-) -> Response {
-    let guard = AbortOnDrop((era == Era::Modern).then(|| handle.abort_handle()));
-    let finish = move |mut v: Value| {
-        if let Some((method, info)) = &modern_ctx {
-            modern::decorate(method, &mut v, info);
-        }
-        v
-    };
-    let first = tokio::select! {
-        biased;
-        resp = &mut handle => {
-            let resp = resp.unwrap_or_else(|_| cancelled_response(id.clone()));
-            if rx.is_empty() {
-                let resp = finish(resp);
-                let status = if era == Era::Modern { modern::status_for(&resp) } else { StatusCode::OK };
-                return json_response(status, &resp);
-            }
-            let pending: Vec<Value> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-            let events = pending.into_iter().chain(std::iter::once(finish(resp)));
-            return sse_response(stream::iter(events.map(to_event)).boxed());
-        }
-        m = rx.recv() => m,
-    };
-    let head = stream::iter(first.into_iter().map(to_event));
-    let related = stream::unfold(Some((rx, handle, guard, finish, id)), |state| async move {
-        let (mut rx, mut handle, guard, finish, id) = state?;
-        tokio::select! {
-            biased;
-            m = rx.recv() => match m {
-                Some(m) => Some((vec![to_event(m)], Some((rx, handle, guard, finish, id)))),
-                None => {
-                    let resp = (&mut handle).await.unwrap_or_else(|_| cancelled_response(id));
-                    drop(guard);
-                    Some((vec![to_event(finish(resp))], None))
-                }
-            },
-            resp = &mut handle => {
-                let resp = resp.unwrap_or_else(|_| cancelled_response(id));
-                let mut out: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(to_event).collect();
-                out.push(to_event(finish(resp)));
-                drop(guard);
-                Some((out, None))
-            }
-        }
-    })
-    .flat_map(stream::iter);
-    sse_response(head.chain(related).boxed())
+    respond::modern(Pending { rx, work }, method, info).await
 }
 
 fn to_event(v: Value) -> Result<Event, Infallible> {
     Ok(Event::default()
         .event("message")
         .data(serde_json::to_string(&v).unwrap_or_default()))
-}
-
-fn sse_response(
-    s: futures_util::stream::BoxStream<'static, Result<Event, Infallible>>,
-) -> Response {
-    let mut r = Sse::new(s).into_response();
-    r.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
-    r
 }
 
 async fn get_stream(
@@ -630,7 +432,7 @@ async fn get_stream(
         return match resumed {
             Some(rx) => {
                 session.touch();
-                raw_sse_response(replayed(rx).boxed())
+                respond::raw_sse(Body::from_stream(respond::replayed(rx)))
             }
             None => json_error(
                 StatusCode::NOT_FOUND,

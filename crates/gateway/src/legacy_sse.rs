@@ -3,6 +3,7 @@
 //! on the stream.
 
 use crate::http::{admit, json_error, on_session_message, read_message, Reply};
+use crate::respond::Pending;
 use crate::session::Session;
 use crate::Gateway;
 use axum::body::Body;
@@ -134,19 +135,26 @@ pub(crate) async fn post(
     };
     session.touch();
     match on_session_message(&gw, &session, msg).await {
-        Some(Reply::Stream(mut rx, handle, id)) => {
+        Some(Reply::Request(Pending { mut rx, mut work })) => {
             tokio::spawn(async move {
-                tokio::pin!(handle);
+                let paused = |m: &Value| {
+                    m.get("method").and_then(Value::as_str)
+                        == Some(portcullis_upstream::STREAM_PAUSED)
+                };
                 loop {
                     tokio::select! {
                         Some(m) = rx.recv() => {
-                            if m.get("method").and_then(Value::as_str) != Some(portcullis_upstream::STREAM_PAUSED) {
+                            if !paused(&m) {
                                 let _ = tx.send(m);
                             }
                         }
-                        resp = &mut handle => {
-                            while let Ok(m) = rx.try_recv() { let _ = tx.send(m); }
-                            let _ = tx.send(resp.unwrap_or_else(|_| crate::http::cancelled_response(id)));
+                        resp = &mut work => {
+                            while let Ok(m) = rx.try_recv() {
+                                if !paused(&m) {
+                                    let _ = tx.send(m);
+                                }
+                            }
+                            let _ = tx.send(resp);
                             break;
                         }
                     }

@@ -19,6 +19,7 @@ mod http;
 mod legacy_sse;
 mod modern;
 mod replay;
+mod respond;
 mod session;
 mod vserver;
 

@@ -191,8 +191,8 @@ pub fn decorate(method: &str, resp: &mut Value, server_info: &Value) {
     }
     let meta = result.entry("_meta").or_insert_with(|| json!({}));
     if let Some(m) = meta.as_object_mut() {
-        m.entry(era::META_SERVER_INFO)
-            .or_insert_with(|| server_info.clone());
+        // The virtual server speaks for itself, whichever upstream answered.
+        m.insert(era::META_SERVER_INFO.into(), server_info.clone());
     }
 }
 

@@ -46,6 +46,14 @@ impl ReplayLog {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A fresh stream number for an answer that is complete when written (nothing to
+    /// keep for replay).
+    pub fn number(&self) -> u64 {
+        let mut g = self.lock();
+        g.0 += 1;
+        g.0
+    }
+
     /// Start a stream; returns its number and the live receiver for its first
     /// connection. Sequence 0 is the priming event.
     pub fn open(&self) -> (u64, mpsc::UnboundedReceiver<(String, Value)>) {

@@ -28,7 +28,7 @@ pub struct Session {
     next_id: AtomicU64,
     waiters: Mutex<HashMap<String, Waiter>>,
     /// Client request id (JSON text) → task serving it, for `notifications/cancelled`.
-    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    running: Mutex<HashMap<String, futures_util::future::AbortHandle>>,
     stream: Mutex<(Option<mpsc::UnboundedSender<Value>>, VecDeque<Value>)>,
     last_used: AtomicU64,
     closed: AtomicBool,
@@ -151,7 +151,7 @@ impl Session {
         lock(&self.waiters).remove(id);
     }
 
-    pub fn track(&self, client_id: &Value, task: tokio::task::AbortHandle) {
+    pub fn track(&self, client_id: &Value, task: futures_util::future::AbortHandle) {
         lock(&self.running).insert(client_id.to_string(), task);
     }
 

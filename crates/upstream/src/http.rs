@@ -25,7 +25,7 @@ const DEFAULT_RETRY_MS: u64 = 1_000;
 pub(crate) struct HttpConn {
     pub(crate) name: String,
     client: reqwest::Client,
-    url: String,
+    pub(crate) url: reqwest::Url,
     static_headers: HeaderMap,
     pub(crate) era: Era,
     pub(crate) protocol_version: Mutex<String>,
@@ -45,7 +45,7 @@ impl HttpConn {
     pub(crate) fn new(
         name: String,
         client: reqwest::Client,
-        url: String,
+        url: reqwest::Url,
         static_headers: HeaderMap,
         era: Era,
         events: EventSink,
@@ -183,7 +183,7 @@ impl HttpConn {
         let body = serde_json::to_vec(msg).map_err(|e| self.protocol(e.to_string()))?;
         let resp = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .headers(headers)
             .body(body)
             .send()
@@ -302,7 +302,7 @@ impl HttpConn {
         }
         let resp = self
             .client
-            .get(&self.url)
+            .get(self.url.clone())
             .headers(h)
             .send()
             .await
@@ -335,7 +335,7 @@ impl HttpConn {
                 {
                     h.insert(era::HEADER_LAST_EVENT_ID, v);
                 }
-                let req = conn.client.get(&conn.url).headers(h).send();
+                let req = conn.client.get(conn.url.clone()).headers(h).send();
                 let resp = tokio::select! {
                     _ = conn.stop.cancelled() => return,
                     r = req => r,
@@ -396,7 +396,7 @@ impl HttpConn {
             h.remove(CONTENT_TYPE);
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
-                self.client.delete(&self.url).headers(h).send(),
+                self.client.delete(self.url.clone()).headers(h).send(),
             )
             .await;
         }

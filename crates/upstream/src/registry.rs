@@ -20,6 +20,8 @@ pub struct UpstreamHandle {
     pub spec: Arc<Upstream>,
     client: reqwest::Client,
     static_headers: HeaderMap,
+    /// Parsed once: URL parsing is measurable on the per-call path.
+    url: Option<reqwest::Url>,
     processes: Arc<Semaphore>,
     /// Consecutive failures, when the next attempt is allowed, and why the last failed.
     backoff: Mutex<(u32, Option<Instant>, String)>,
@@ -78,7 +80,15 @@ impl UpstreamHandle {
             .map_err(|e| UpstreamError::Init(spec.name.clone(), e.to_string()))?;
         let request_timeout =
             Duration::from_millis(spec.timeouts.request_ms.min(global_timeout_ms).max(1));
+        let url = match &spec.url {
+            Some(u) => Some(
+                reqwest::Url::parse(u)
+                    .map_err(|e| UpstreamError::Init(spec.name.clone(), format!("bad url: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(UpstreamHandle {
+            url,
             processes: Arc::new(Semaphore::new(spec.max_processes)),
             spec: Arc::new(spec),
             client,
@@ -145,33 +155,36 @@ impl UpstreamHandle {
 
     async fn open_inner(&self, params: &OpenParams) -> Result<Arc<Connection>, UpstreamError> {
         let name = self.spec.name.clone();
-        let kind = match self.spec.transport {
-            Transport::StreamableHttp => {
-                // The era is settled below; start legacy and switch if needed.
-                Kind::Http(self.http_conn(Era::Legacy, params))
-            }
-            Transport::Stdio => {
-                let permit =
-                    self.processes.clone().try_acquire_owned().map_err(|_| {
+        let kind =
+            match self.spec.transport {
+                Transport::StreamableHttp => {
+                    // The era is settled below; start legacy and switch if needed.
+                    let url = self.url.clone().ok_or_else(|| {
+                        UpstreamError::Init(name.clone(), "no url configured".into())
+                    })?;
+                    Kind::Http(self.http_conn(&url, Era::Legacy, params))
+                }
+                Transport::Stdio => {
+                    let permit = self.processes.clone().try_acquire_owned().map_err(|_| {
                         UpstreamError::Capacity(name.clone(), self.spec.max_processes)
                     })?;
-                let (duplex, guard) = stdio::spawn(&self.spec, params.events.clone(), permit)?;
-                Kind::Stdio(duplex, tokio::sync::Mutex::new(guard))
-            }
-            Transport::Sse => {
-                let url = self.spec.url.clone().unwrap_or_default();
-                let (duplex, guard) = legacy_sse::connect(
-                    &name,
-                    self.client.clone(),
-                    &url,
-                    self.static_headers.clone(),
-                    params.events.clone(),
-                    Duration::from_millis(self.spec.timeouts.init_ms),
-                )
-                .await?;
-                Kind::Sse(duplex, guard)
-            }
-        };
+                    let (duplex, guard) = stdio::spawn(&self.spec, params.events.clone(), permit)?;
+                    Kind::Stdio(duplex, tokio::sync::Mutex::new(guard))
+                }
+                Transport::Sse => {
+                    let url = self.spec.url.clone().unwrap_or_default();
+                    let (duplex, guard) = legacy_sse::connect(
+                        &name,
+                        self.client.clone(),
+                        &url,
+                        self.static_headers.clone(),
+                        params.events.clone(),
+                        Duration::from_millis(self.spec.timeouts.init_ms),
+                    )
+                    .await?;
+                    Kind::Sse(duplex, guard)
+                }
+            };
         let mut conn = Connection {
             name,
             kind,
@@ -192,12 +205,12 @@ impl UpstreamHandle {
         };
         let mut last_err = None;
         for era in order {
-            if let (Era::Modern, Kind::Http(_)) = (era, &conn.kind) {
-                conn.kind = Kind::Http(self.http_conn(Era::Modern, params));
-            } else if let (Era::Legacy, Kind::Http(h)) = (era, &conn.kind) {
-                if h.era != Era::Legacy {
-                    conn.kind = Kind::Http(self.http_conn(Era::Legacy, params));
-                }
+            let replacement = match (&conn.kind, era) {
+                (Kind::Http(h), era) if h.era != *era => Some(self.http_conn(&h.url, *era, params)),
+                _ => None,
+            };
+            if let Some(h) = replacement {
+                conn.kind = Kind::Http(h);
             }
             match conn.handshake(*era).await {
                 Ok(()) => {
@@ -223,11 +236,11 @@ impl UpstreamHandle {
             .unwrap_or_else(|| UpstreamError::Init(self.spec.name.clone(), "no era".into())))
     }
 
-    fn http_conn(&self, era: Era, params: &OpenParams) -> Arc<HttpConn> {
+    fn http_conn(&self, url: &reqwest::Url, era: Era, params: &OpenParams) -> Arc<HttpConn> {
         HttpConn::new(
             self.spec.name.clone(),
             self.client.clone(),
-            self.spec.url.clone().unwrap_or_default(),
+            url.clone(),
             self.static_headers.clone(),
             era,
             params.events.clone(),
