@@ -54,19 +54,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut builder = if std::env::var("PORTCULLIS_WORKER_THREADS").as_deref() == Ok("0") {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Some(n) = std::env::var("PORTCULLIS_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        builder.worker_threads(n);
-    }
-    let runtime = builder.enable_all().build()?;
+    // The main runtime is single-threaded: `serve` adds one server thread per
+    // further core (see serve::worker_count).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
     runtime.block_on(async move {
         match cli.command {
             Command::Serve { config, listen } => {

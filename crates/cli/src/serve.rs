@@ -47,12 +47,17 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         HostPolicy::new(&hosts, &config.security.allowed_origins),
     )?;
     gateway.spawn_reaper();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let bound = listener.local_addr()?;
+    let workers = worker_count();
+    let first = bind(addr)?;
+    let bound = first.local_addr()?;
+    // The other workers share the port (SO_REUSEPORT); the kernel spreads connections.
+    let mut extra = Vec::new();
+    for _ in 1..workers {
+        extra.push(bind(bound)?.into_std()?);
+    }
     tracing::info!(
         address = %bound,
+        workers,
         virtual_servers = ?gateway.virtual_server_names(),
         "portcullis listening"
     );
@@ -60,31 +65,102 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         f(bound);
     }
     let app = gateway.router();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let threads: Vec<_> = extra
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("portcullis-worker-{}", i + 1))
+                .spawn(move || -> anyhow::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        let graceful = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        serve_on(listener, app, graceful).await
+                    })
+                })
+        })
+        .collect::<Result<_, _>>()?;
     // On a signal, end every session first: their open streams (GET, SSE) end with
-    // them, which lets the server drain; a hard deadline covers anything left.
-    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
-    let (gw, notify) = (gateway.clone(), stopping.clone());
+    // them, which lets the servers drain; a hard deadline covers anything left.
+    let gw = gateway.clone();
     let graceful = async move {
         shutdown_signal().await;
         tracing::info!("shutting down: closing sessions and stopping upstream processes");
-        notify.notify_one();
         gw.shutdown().await;
+        let _ = stop_tx.send(true);
     };
+    let mut stopped = stop_rx.clone();
+    tokio::select! {
+        r = serve_on(first, app, graceful) => r?,
+        _ = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        } => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; closing them"),
+    }
+    gateway.shutdown().await;
+    for t in threads {
+        // A worker still draining after the deadline is abandoned with the process.
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// How many single-threaded server runtimes to run: one per core unless
+/// `PORTCULLIS_WORKER_THREADS` says otherwise. One thread per core, each owning its
+/// connections, avoids handing every request between threads (the largest cost per
+/// call on small machines).
+fn worker_count() -> usize {
+    std::env::var("PORTCULLIS_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .min(64)
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(1024)?)
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    graceful: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // Answers are often written in two pieces (headers, body): without TCP_NODELAY
     // the second waits for a delayed ACK, ~40 ms per call.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    tokio::select! {
-        r = server => r?,
-        _ = async {
-            stopping.notified().await;
-            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
-        } => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; closing them"),
-    }
-    gateway.shutdown().await;
-    store.close().await;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await?;
     Ok(())
 }
 
