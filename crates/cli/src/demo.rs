@@ -4,10 +4,50 @@
 use crate::serve;
 use anyhow::Context;
 use portcullis_config::Config;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const EVERYTHING: &str = "@modelcontextprotocol/server-everything@2026.8.31";
 const FILESYSTEM: &str = "@modelcontextprotocol/server-filesystem@2026.8.31";
+
+/// Entry points of the sample servers inside `<data_dir>/npm`.
+fn entry(data_dir: &Path, package: &str) -> PathBuf {
+    data_dir
+        .join("npm/node_modules/@modelcontextprotocol")
+        .join(package)
+        .join("dist/index.js")
+}
+
+/// Install the sample servers once into the data directory (npm, no install
+/// scripts). Running them from there avoids npx, whose on-the-fly installs can
+/// stall, and starts them in well under a second.
+async fn ensure_servers(data_dir: &Path) -> anyhow::Result<()> {
+    let wanted = ["server-everything", "server-filesystem"];
+    if wanted.iter().all(|p| entry(data_dir, p).is_file()) {
+        return Ok(());
+    }
+    eprintln!(
+        "Installing the sample MCP servers from npm into {} (first run only)...",
+        data_dir.join("npm").display()
+    );
+    let status = tokio::process::Command::new("npm")
+        .args([
+            "install",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(data_dir.join("npm"))
+        .args([EVERYTHING, FILESYSTEM])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .context("running npm (install Node.js and npm: apt-get install nodejs npm)")?;
+    if !status.success() {
+        anyhow::bail!("npm install of the sample servers failed ({status})");
+    }
+    Ok(())
+}
 
 pub fn demo_config(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<Config> {
     let files = data_dir.join("files");
@@ -27,8 +67,8 @@ data_dir: {data_dir}
 upstreams:
   - name: everything
     transport: stdio
-    command: npx
-    args: ["-y", "{EVERYTHING}", "stdio"]
+    command: node
+    args: [{everything}, "stdio"]
     max_processes: 8
     catalog:
       owner: demo@portcullis.dev
@@ -38,8 +78,8 @@ upstreams:
       tags: [demo, reference]
   - name: files
     transport: stdio
-    command: npx
-    args: ["-y", "{FILESYSTEM}", {files}]
+    command: node
+    args: [{filesystem}, {files}]
     max_processes: 8
     catalog:
       owner: demo@portcullis.dev
@@ -60,14 +100,23 @@ virtual_servers:
         listen = serde_json::to_string(listen)?,
         data_dir = serde_json::to_string(&data_dir.display().to_string())?,
         files = serde_json::to_string(&files.display().to_string())?,
+        everything =
+            serde_json::to_string(&entry(data_dir, "server-everything").display().to_string())?,
+        filesystem =
+            serde_json::to_string(&entry(data_dir, "server-filesystem").display().to_string())?,
     );
     Ok(Config::from_yaml(&yaml, "demo")?)
 }
 
 pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {
-    if which("npx").is_none() {
-        anyhow::bail!("the demo runs its sample servers with npx: install Node.js (apt-get install nodejs npm)");
+    if which("node").is_none() || which("npm").is_none() {
+        anyhow::bail!(
+            "the demo runs the MCP reference servers on Node.js: apt-get install nodejs npm"
+        );
     }
+    std::fs::create_dir_all(&data_dir)?;
+    let data_dir = std::fs::canonicalize(&data_dir)?;
+    ensure_servers(&data_dir).await?;
     let config = demo_config(&listen, &data_dir)?;
     serve::run(
         config,
@@ -83,7 +132,6 @@ pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {
             println!("  {{\"mcpServers\": {{\"portcullis-demo\": {{\"type\": \"http\", \"url\": \"{url}\"}}}}}}");
             println!("or: claude mcp add --transport http portcullis-demo {url}");
             println!();
-            println!("The first call may take a few seconds while npx fetches the sample servers.");
         })),
     )
     .await
