@@ -169,15 +169,6 @@ impl Binding {
         join_all((0..self.slots.len()).map(|i| self.conn(i))).await
     }
 
-    /// Connections already open (no opening).
-    pub fn open_conns(&self) -> Vec<(usize, Arc<Connection>)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| read(&s.conn).clone().map(|c| (i, c)))
-            .collect()
-    }
-
     pub async fn close(&self) {
         let conns: Vec<_> = self
             .slots

@@ -167,11 +167,14 @@ async fn post_message(
         );
     };
     if let Some(v) = header(&headers, era::HEADER_PROTOCOL_VERSION) {
-        if !era::is_legacy_version(v) {
+        if v != session.protocol_version {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
-                &format!("unsupported MCP-Protocol-Version {v:?}"),
+                &format!(
+                    "MCP-Protocol-Version {v:?} does not match the negotiated version {:?}",
+                    session.protocol_version
+                ),
             );
         }
     }
@@ -276,34 +279,47 @@ async fn on_notification(session: &Arc<Session>, method: &str, value: Value) {
 }
 
 async fn initialize(gw: &Arc<Gateway>, vs_name: &str, id: Value, value: &Value) -> Response {
-    if gw.sessions.len() >= gw.limits.max_sessions {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &error_response(
-                id,
-                ErrorCode::LimitExceeded,
-                "the gateway is at its session limit",
-            ),
-        );
+    match start_session(gw, vs_name, value).await {
+        Ok((session, result)) => {
+            let mut r = json_response(StatusCode::OK, &result_response(id, result));
+            if let Ok(v) = HeaderValue::from_str(&session.id) {
+                r.headers_mut().insert(era::HEADER_SESSION_ID, v);
+            }
+            r
+        }
+        Err((status, code, text)) => json_response(status, &error_response(id, code, text)),
     }
-    let Some(vs) = gw.vservers.get(vs_name).cloned() else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::InvalidRequest,
-            "unknown virtual server",
-        );
-    };
-    let params = value.get("params").cloned().unwrap_or_else(|| json!({}));
-    let requested = params.get("protocolVersion").and_then(Value::as_str);
-    let version = era::negotiate_legacy(requested);
-    let caps_in = params
-        .get("capabilities")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let info = params
-        .get("clientInfo")
-        .cloned()
-        .unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
+}
+
+/// Start a legacy session from an `initialize` request (Streamable HTTP or the
+/// deprecated HTTP+SSE transport): open every upstream concurrently and answer with
+/// the virtual server's merged capabilities.
+pub(crate) async fn start_session(
+    gw: &Arc<Gateway>,
+    vs_name: &str,
+    value: &Value,
+) -> Result<(Arc<Session>, Value), (StatusCode, ErrorCode, &'static str)> {
+    if gw.sessions.len() >= gw.limits.max_sessions {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitExceeded,
+            "the gateway is at its session limit",
+        ));
+    }
+    let vs = gw.vservers.get(vs_name).cloned().ok_or((
+        StatusCode::NOT_FOUND,
+        ErrorCode::InvalidRequest,
+        "unknown virtual server",
+    ))?;
+    let params = value.get("params");
+    let field = |k: &str| params.and_then(|p| p.get(k)).cloned();
+    let version = era::negotiate_legacy(
+        params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str),
+    );
+    let caps_in = field("capabilities").unwrap_or_else(|| json!({}));
+    let info = field("clientInfo").unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
     let binding = Binding::new(vs.clone(), Era::Legacy, caps_in.clone(), info);
     let session = Session::new(binding.clone(), version.to_owned(), caps_in);
     let results: Vec<Value> = binding
@@ -322,11 +338,7 @@ async fn initialize(gw: &Arc<Gateway>, vs_name: &str, id: Value, value: &Value) 
     }
     gw.sessions.insert(session.clone());
     tracing::info!(virtual_server = vs_name, session = %&session.id[..8], version, "session started");
-    let mut r = json_response(StatusCode::OK, &result_response(id, result));
-    if let Ok(v) = HeaderValue::from_str(&session.id) {
-        r.headers_mut().insert(era::HEADER_SESSION_ID, v);
-    }
-    r
+    Ok((session, result))
 }
 
 async fn post_modern(

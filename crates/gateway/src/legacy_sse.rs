@@ -2,7 +2,7 @@
 //! /mcp/<vs>/sse` opens the stream and names a POST endpoint; every answer travels
 //! on the stream.
 
-use crate::http::{admit, json_error, on_session_message, read_message, Reply};
+use crate::http::{admit, json_error, on_session_message, read_message, start_session, Reply};
 use crate::respond::Pending;
 use crate::session::Session;
 use crate::Gateway;
@@ -12,10 +12,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use portcullis_protocol::era::Era;
 use portcullis_protocol::jsonrpc::result_response;
 use portcullis_protocol::{ErrorCode, MessageKind};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -113,11 +112,10 @@ pub(crate) async fn post(
     let session = match (session, &msg.kind) {
         (Some(s), _) => s,
         (None, MessageKind::Request { id, method }) if method == "initialize" => {
-            let s = match start_session(&gw, &vs, &msg.value).await {
-                Ok(s) => s,
-                Err(r) => return r,
+            let (s, result) = match start_session(&gw, &vs, &msg.value).await {
+                Ok(started) => started,
+                Err((status, code, text)) => return json_error(status, code, text),
             };
-            let result = initialize_result(&gw, &s, &vs);
             let _ = tx.send(result_response(id.clone(), result));
             if let Some(e) = gw.sse.lock().get_mut(&sid) {
                 e.1 = Some(s.clone());
@@ -177,55 +175,4 @@ fn forward_session_stream(session: &Arc<Session>, tx: mpsc::UnboundedSender<Valu
             }
         });
     }
-}
-
-async fn start_session(
-    gw: &Arc<Gateway>,
-    vs: &str,
-    value: &Value,
-) -> Result<Arc<Session>, Response> {
-    let vsr = gw.vservers.get(vs).cloned().ok_or_else(|| {
-        json_error(
-            StatusCode::NOT_FOUND,
-            ErrorCode::InvalidRequest,
-            "unknown virtual server",
-        )
-    })?;
-    let params = value.get("params").cloned().unwrap_or_else(|| json!({}));
-    let version = portcullis_protocol::era::negotiate_legacy(
-        params.get("protocolVersion").and_then(Value::as_str),
-    );
-    let caps = params
-        .get("capabilities")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let info = params
-        .get("clientInfo")
-        .cloned()
-        .unwrap_or_else(|| json!({"name": "unknown"}));
-    let binding = crate::binding::Binding::new(vsr, Era::Legacy, caps.clone(), info);
-    let session = Session::new(binding.clone(), version.to_owned(), caps);
-    binding.open_all().await;
-    gw.sessions.insert(session.clone());
-    Ok(session)
-}
-
-fn initialize_result(gw: &Gateway, session: &Session, vs: &str) -> Value {
-    let results: Vec<Value> = session
-        .binding
-        .open_conns()
-        .into_iter()
-        .map(|(_, c)| c.init_result().clone())
-        .collect();
-    let n = session.binding.vs.members.len();
-    let mut r = json!({
-        "protocolVersion": session.protocol_version,
-        "capabilities": crate::caps::merge(&results, n),
-        "serverInfo": gw.server_info(vs),
-    });
-    if let Some(i) = crate::caps::instructions(&results, session.binding.vs.description.as_deref())
-    {
-        r["instructions"] = Value::from(i);
-    }
-    r
 }
