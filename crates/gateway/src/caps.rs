@@ -55,3 +55,32 @@ pub fn instructions(init_results: &[Value], description: Option<&str>) -> Option
     }
     (!parts.is_empty()).then(|| parts.join("\n\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_announces_list_changes_and_drops_unremappable_features() {
+        let a = json!({"capabilities": {"tools": {}, "tasks": {"list": {}}}, "instructions": "A"});
+        let b = json!({"capabilities": {"resources": {"subscribe": true}, "logging": {}}});
+        let merged = merge(&[a.clone(), b.clone()], 2);
+        assert_eq!(merged["tools"]["listChanged"], true);
+        assert_eq!(
+            merged["resources"],
+            json!({"subscribe": true, "listChanged": true})
+        );
+        assert!(
+            merged.get("tasks").is_none(),
+            "task ids are not remapped across upstreams"
+        );
+        assert!(
+            merge(&[a.clone()], 1).get("tasks").is_some(),
+            "a single upstream keeps them"
+        );
+        assert_eq!(
+            instructions(&[a, b], Some("VS")).as_deref(),
+            Some("VS\n\nA")
+        );
+    }
+}

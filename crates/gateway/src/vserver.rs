@@ -212,3 +212,87 @@ fn hide_fixed_arguments(
         req.retain(|r| r.as_str().is_none_or(|r| !fixed.contains_key(r)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::Config;
+    use serde_json::json;
+
+    fn vs() -> VirtualServerRt {
+        let yaml = r#"
+upstreams:
+  - {name: gh, transport: streamable_http, url: "http://127.0.0.1:1/mcp"}
+  - {name: fs, transport: streamable_http, url: "http://127.0.0.1:2/mcp"}
+virtual_servers:
+  - name: v
+    upstreams:
+      - upstream: gh
+        tools:
+          create_issue: {fixed_arguments: {owner: acme}, description: "Create an acme issue"}
+          delete_repo: {hide: true}
+          search: {rename: find}
+      - upstream: fs
+        prefix: ""
+"#;
+        let config = Config::from_yaml(yaml, "t").unwrap();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    Arc::new(UpstreamHandle::new(u.clone(), 1000).unwrap()),
+                )
+            })
+            .collect();
+        VirtualServerRt::new(&config.virtual_servers[0], &upstreams)
+    }
+
+    #[test]
+    fn tools_are_renamed_hidden_described_and_fixed() {
+        let v = vs();
+        let tool = json!({"name": "create_issue", "description": "x", "inputSchema": {"type": "object",
+            "properties": {"owner": {"type": "string"}, "title": {"type": "string"}}, "required": ["owner", "title"]}});
+        let (name, item) = v.expose_item(ListKind::Tools, 0, tool).unwrap();
+        assert_eq!(name, "gh_create_issue");
+        assert_eq!(item["description"], "Create an acme issue");
+        assert!(
+            item["inputSchema"]["properties"].get("owner").is_none(),
+            "fixed arguments are not shown"
+        );
+        assert_eq!(item["inputSchema"]["required"], json!(["title"]));
+        assert!(v
+            .expose_item(ListKind::Tools, 0, json!({"name": "delete_repo"}))
+            .is_none());
+        assert_eq!(v.expose_tool(0, "search").as_deref(), Some("find"));
+        assert_eq!(
+            v.expose_tool(1, "read").as_deref(),
+            Some("read"),
+            "empty prefix"
+        );
+        assert_eq!(
+            v.fixed_arguments(0, "create_issue").unwrap()["owner"],
+            "acme"
+        );
+    }
+
+    #[test]
+    fn uris_are_namespaced_and_routed_back() {
+        let v = vs();
+        let (uri, _) = v
+            .expose_item(
+                ListKind::Resources,
+                0,
+                json!({"uri": "repo://acme/x", "name": "x"}),
+            )
+            .unwrap();
+        assert_eq!(uri, "gh+repo://acme/x");
+        assert_eq!(v.route_uri("gh+repo://acme/x"), Some((0, "repo://acme/x")));
+        assert_eq!(
+            v.route_uri("file:///etc/hosts"),
+            Some((1, "file:///etc/hosts")),
+            "the one unprefixed member"
+        );
+    }
+}

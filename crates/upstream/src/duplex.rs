@@ -278,3 +278,103 @@ impl Drop for CancelOnDrop<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn sink() -> (EventSink, Arc<Mutex<Vec<Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        (Arc::new(move |v| lock(&s2).push(v)), seen)
+    }
+
+    #[test]
+    fn ids_and_progress_tokens_are_rewritten_and_restored() {
+        let inflight = InFlight::default();
+        let (events, unrelated) = sink();
+        let (tx_a, mut rx_a) = tokio::sync::mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
+        let mut a = json!({"jsonrpc":"2.0","id":"client-a","method":"tools/call",
+            "params":{"name":"t","_meta":{"progressToken":"tok"}}});
+        let mut b = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+            "params":{"name":"t","_meta":{"progressToken":"tok"}}});
+        let id_a = inflight.register(&mut a, Some(tx_a), None);
+        let id_b = inflight.register(&mut b, Some(tx_b), None);
+        assert_ne!(id_a, id_b, "two callers with the same token stay apart");
+        assert_eq!(a["id"], json!(id_a));
+        assert_eq!(a["params"]["_meta"]["progressToken"], json!(id_a));
+
+        let progress = |tok: u64| {
+            json!({"jsonrpc":"2.0","method":"notifications/progress",
+            "params":{"progressToken": tok, "progress": 1}})
+        };
+        inflight.route(progress(id_b), None, &events);
+        let got = rx_b.try_recv().unwrap();
+        assert_eq!(got["params"]["progressToken"], json!("tok"));
+        assert!(rx_a.try_recv().is_err());
+
+        // A list change belongs to no call: it goes to the unrelated sink.
+        inflight.route(
+            json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}),
+            None,
+            &events,
+        );
+        assert_eq!(lock(&unrelated).len(), 1);
+
+        // A 2026-07-28 subscription notification names its listen request.
+        let sub = json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed",
+            "params":{"_meta":{"io.modelcontextprotocol/subscriptionId": id_a}}});
+        inflight.route(sub, None, &events);
+        let got = rx_a.try_recv().unwrap();
+        assert_eq!(
+            got["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            json!("client-a")
+        );
+
+        assert_eq!(inflight.finish(id_a), Some(json!("client-a")));
+        assert_eq!(inflight.finish(id_a), None);
+    }
+
+    #[tokio::test]
+    async fn duplex_correlates_responses_and_cancels_abandoned_requests() {
+        let (events, _) = sink();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(8);
+        let duplex = Arc::new(Duplex::new("t".into(), out_tx, events));
+        let d2 = duplex.clone();
+        let call = tokio::spawn(async move {
+            d2.request(
+                json!({"jsonrpc":"2.0","id":"x","method":"ping"}),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+        });
+        let sent = out_rx.recv().await.unwrap();
+        let upstream_id = sent["id"].as_u64().unwrap();
+        duplex.dispatch(json!({"jsonrpc":"2.0","id": upstream_id, "result": {}}));
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(resp["id"], json!("x"), "the caller's id is restored");
+
+        // A request whose caller gives up is cancelled upstream.
+        let d3 = duplex.clone();
+        let slow = tokio::spawn(async move {
+            d3.request(
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call"}),
+                None,
+                Duration::from_millis(50),
+            )
+            .await
+        });
+        let sent = out_rx.recv().await.unwrap();
+        assert!(matches!(
+            slow.await.unwrap(),
+            Err(UpstreamError::Timeout(..))
+        ));
+        let cancel = out_rx.recv().await.unwrap();
+        assert_eq!(cancel["method"], "notifications/cancelled");
+        assert_eq!(cancel["params"]["requestId"], sent["id"]);
+    }
+}
