@@ -75,7 +75,7 @@ mod tests {
             "task ids are not remapped across upstreams"
         );
         assert!(
-            merge(&[a.clone()], 1).get("tasks").is_some(),
+            merge(std::slice::from_ref(&a), 1).get("tasks").is_some(),
             "a single upstream keeps them"
         );
         assert_eq!(
