@@ -370,10 +370,14 @@ pub async fn forward(
         Err(e) => return upstream_error(id, &e),
     };
     let bridging = caller.era() == Era::Legacy && conn.era() == Era::Modern;
-    let mut msg = msg;
+    let mut msg = Some(msg);
     for _round in 0..bridge::MAX_ROUNDS {
         let (rel_tx, mut rel_rx) = mpsc::unbounded_channel::<Value>();
-        let request = conn.request(msg.clone(), Some(rel_tx), opts);
+        // Only a bridged call may need the request again (for its retry).
+        let Some(this) = (if bridging { msg.clone() } else { msg.take() }) else {
+            break;
+        };
+        let request = conn.request(this, Some(rel_tx), opts);
         tokio::pin!(request);
         let resp = loop {
             tokio::select! {
@@ -391,7 +395,9 @@ pub async fn forward(
         if bridging && bridge::is_input_required(&resp) {
             match bridge::gather_inputs(caller, &resp, out).await {
                 Ok(next) => {
-                    bridge::prepare_retry(&mut msg, &resp, next);
+                    if let Some(m) = msg.as_mut() {
+                        bridge::prepare_retry(m, &resp, next);
+                    }
                     continue;
                 }
                 Err(err) => return error_response(id, ErrorCode::InternalError, err),

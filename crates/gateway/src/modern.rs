@@ -150,10 +150,8 @@ pub fn validate(headers: &HeaderMap, msg: &Message) -> Result<(), Rejection> {
     if matches!(msg.kind, portcullis_protocol::MessageKind::Request { .. })
         && msg
             .value
-            .pointer(&format!(
-                "/params/_meta/{}",
-                era::META_CLIENT_CAPABILITIES.replace('/', "~1")
-            ))
+            .pointer("/params/_meta")
+            .and_then(|m| m.get(era::META_CLIENT_CAPABILITIES))
             .is_none()
     {
         return Err(bad(
