@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 const MAX_RESUMES: usize = 20;
 const DEFAULT_RETRY_MS: u64 = 1_000;
+/// Largest JSON answer accepted from an upstream.
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 pub(crate) struct HttpConn {
     pub(crate) name: String,
@@ -215,10 +217,7 @@ impl HttpConn {
                 None => Ok(Answer::Accepted),
             };
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::Unreachable(self.name.clone(), e.to_string()))?;
+        let bytes = self.read_body(resp).await?;
         // A JSON-RPC error in a 4xx body is the upstream's answer: pass it on.
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
             if (status.is_success() && v.get("result").is_some()) || v.get("error").is_some() {
@@ -238,6 +237,24 @@ impl HttpConn {
             status.as_u16(),
             text,
         ))
+    }
+
+    /// Read a JSON answer, refusing one larger than `MAX_BODY` so a misbehaving
+    /// upstream cannot exhaust the gateway's memory.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<bytes::Bytes, UpstreamError> {
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(self.protocol(format!("answer larger than {MAX_BODY} bytes")));
+        }
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            UpstreamError::Unreachable(self.name.clone(), e.without_url().to_string())
+        })? {
+            if buf.len() + chunk.len() > MAX_BODY {
+                return Err(self.protocol(format!("answer larger than {MAX_BODY} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
     }
 
     fn protocol(&self, why: String) -> UpstreamError {
