@@ -6,6 +6,7 @@
 
 use crate::duplex::Duplex;
 use crate::{EventSink, UpstreamError};
+use futures_util::StreamExt;
 use portcullis_config::Upstream;
 use serde_json::Value;
 use std::process::Stdio;
@@ -14,10 +15,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 /// Variables passed through from the gateway's environment; everything else a child
 /// sees comes from its `env` configuration, so gateway secrets never leak into it.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+/// Longest stdout line (one JSON-RPC message) accepted from a child.
+const MAX_LINE: usize = 64 * 1024 * 1024;
 const GRACE_AFTER_STDIN_CLOSE: Duration = Duration::from_secs(2);
 const GRACE_AFTER_SIGTERM: Duration = Duration::from_secs(3);
 
@@ -115,8 +119,19 @@ pub(crate) fn spawn(
     if let Some(stdout) = stdout {
         let duplex = duplex.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::with_capacity(64 * 1024, stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Lines are capped so a misbehaving server cannot exhaust memory; an
+            // overlong one is skipped whole and reported.
+            let codec = LinesCodec::new_with_max_length(MAX_LINE);
+            let mut lines = FramedRead::with_capacity(stdout, codec, 64 * 1024);
+            while let Some(next) = lines.next().await {
+                let line = match next {
+                    Ok(line) => line,
+                    Err(LinesCodecError::MaxLineLengthExceeded) => {
+                        tracing::warn!(upstream = %duplex.name, "stdout line over {MAX_LINE} bytes skipped");
+                        continue;
+                    }
+                    Err(LinesCodecError::Io(_)) => break,
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
