@@ -17,6 +17,7 @@ from gateway import initialize, post, rpc_result, running_gateway
 def open_stream(url: str, sid: str) -> queue.Queue:
     """Read the session's GET stream in the background; JSON messages land in the queue."""
     q: queue.Queue = queue.Queue()
+    q.seen = []  # type: ignore[attr-defined]  # messages already taken off the queue
 
     def reader() -> None:
         headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
@@ -30,16 +31,13 @@ def open_stream(url: str, sid: str) -> queue.Queue:
     return q
 
 
-SEEN: list[dict] = []
-
-
 def wait_for(q: queue.Queue, predicate, timeout: float = 20.0) -> dict:
     """The first message, already seen or arriving within `timeout`, that matches."""
-    for m in SEEN:
+    seen = q.seen  # type: ignore[attr-defined]
+    for m in seen:
         if predicate(m):
             return m
     deadline = time.monotonic() + timeout
-    seen = SEEN
     while time.monotonic() < deadline:
         try:
             kind, item = q.get(timeout=0.5)

@@ -41,6 +41,9 @@ pub struct Limits {
     pub session_idle_timeout_secs: u64,
     /// Upper bound on concurrent downstream sessions.
     pub max_sessions: usize,
+    /// Longest `initialize` waits for upstreams to open; slower ones join later and
+    /// the client is sent `list_changed`.
+    pub initialize_wait_ms: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             request_timeout_ms: 120_000,
             session_idle_timeout_secs: 1_800,
             max_sessions: 10_000,
+            initialize_wait_ms: 10_000,
         }
     }
 }

@@ -169,6 +169,38 @@ impl Binding {
         join_all((0..self.slots.len()).map(|i| self.conn(i))).await
     }
 
+    /// Open every member concurrently, waiting at most `budget`: members still
+    /// opening after it keep opening in the background, and `on_late` runs when
+    /// each of them is up. Returns the init results of the members that are open.
+    pub async fn open_within(
+        self: &Arc<Self>,
+        budget: std::time::Duration,
+        on_late: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Vec<Value> {
+        let on_late = Arc::new(on_late);
+        let deadline = tokio::time::Instant::now() + budget;
+        let tasks: Vec<_> = (0..self.slots.len())
+            .map(|i| {
+                let b = self.clone();
+                let late = on_late.clone();
+                tokio::spawn(async move {
+                    let r = b.conn(i).await;
+                    if r.is_ok() && tokio::time::Instant::now() > deadline {
+                        late(i);
+                    }
+                    r
+                })
+            })
+            .collect();
+        let _ = tokio::time::timeout_at(deadline, join_all(tasks)).await;
+        self.slots
+            .iter()
+            .filter_map(|s| read(&s.conn).clone())
+            .filter(|c| c.is_alive())
+            .map(|c| c.init_result().clone())
+            .collect()
+    }
+
     pub async fn close(&self) {
         let conns: Vec<_> = self
             .slots

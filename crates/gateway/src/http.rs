@@ -322,12 +322,21 @@ pub(crate) async fn start_session(
     let info = field("clientInfo").unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
     let binding = Binding::new(vs.clone(), Era::Legacy, caps_in.clone(), info);
     let session = Session::new(binding.clone(), version.to_owned(), caps_in);
-    let results: Vec<Value> = binding
-        .open_all()
-        .await
-        .into_iter()
-        .filter_map(|r| r.ok().map(|c| c.init_result().clone()))
-        .collect();
+    // A slow upstream must not hold the client's initialize: past the budget the
+    // session starts with what is up, and the client is told to list again when a
+    // late upstream arrives.
+    let weak = Arc::downgrade(&session);
+    let budget = std::time::Duration::from_millis(gw.limits.initialize_wait_ms);
+    let results = binding
+        .open_within(budget, move |member| {
+            if let Some(s) = weak.upgrade() {
+                tracing::info!(member, "late upstream joined the session");
+                for kind in ["tools", "prompts", "resources"] {
+                    s.push_to_stream(json!({"jsonrpc": "2.0", "method": format!("notifications/{kind}/list_changed")}));
+                }
+            }
+        })
+        .await;
     let mut result = json!({
         "protocolVersion": version,
         "capabilities": caps::merge(&results, vs.members.len()),
