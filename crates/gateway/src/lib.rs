@@ -45,7 +45,6 @@ pub enum GatewayError {
 
 pub struct Gateway {
     vservers: HashMap<String, Arc<VirtualServerRt>>,
-    upstreams: HashMap<String, Arc<UpstreamHandle>>,
     sessions: SessionStore,
     cursors: CursorCodec,
     limits: Limits,
@@ -77,7 +76,6 @@ impl Gateway {
             .collect();
         Ok(Arc::new(Gateway {
             vservers,
-            upstreams,
             sessions: SessionStore::default(),
             cursors: CursorCodec::random(),
             limits: config.limits.clone(),
@@ -96,21 +94,6 @@ impl Gateway {
 
     pub fn virtual_server_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.vservers.keys().cloned().collect();
-        v.sort();
-        v
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// stdio processes currently running, per upstream.
-    pub fn running_processes(&self) -> Vec<(String, usize)> {
-        let mut v: Vec<(String, usize)> = self
-            .upstreams
-            .iter()
-            .map(|(k, u)| (k.clone(), u.running_processes()))
-            .collect();
         v.sort();
         v
     }

@@ -46,11 +46,6 @@ pub fn negotiate_legacy(requested: Option<&str>) -> &'static str {
     }
 }
 
-/// Methods that 2026-07-28 allows to answer with an input-required result.
-pub fn may_require_input(method: &str) -> bool {
-    matches!(method, "tools/call" | "prompts/get" | "resources/read")
-}
-
 /// The version a modern request declares in `params._meta`.
 pub fn meta_protocol_version(msg: &serde_json::Value) -> Option<&str> {
     msg.get("params")?

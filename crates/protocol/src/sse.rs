@@ -16,16 +16,6 @@ pub fn message_event(json: &str, id: Option<&str>) -> Bytes {
     Bytes::from(s)
 }
 
-/// A named event (the deprecated HTTP+SSE transport's `endpoint` event).
-pub fn named_event(event: &str, data: &str) -> Bytes {
-    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
-}
-
-/// A keep-alive comment line.
-pub fn keep_alive() -> Bytes {
-    Bytes::from_static(b": keep-alive\n\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,14 +32,4 @@ impl UpstreamError {
             _ => ErrorCode::UpstreamUnavailable,
         }
     }
-
-    /// True when the connection is unusable and must be reopened.
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::SessionExpired(_)
-                | UpstreamError::Closed(_)
-                | UpstreamError::Unreachable(..)
-        )
-    }
 }

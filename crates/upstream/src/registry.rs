@@ -102,11 +102,6 @@ impl UpstreamHandle {
         &self.spec.name
     }
 
-    /// Processes currently running for this upstream.
-    pub fn running_processes(&self) -> usize {
-        self.spec.max_processes - self.processes.available_permits()
-    }
-
     fn check_backoff(&self) -> Result<(), UpstreamError> {
         let b = lock(&self.backoff);
         match b.1 {
