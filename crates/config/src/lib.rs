@@ -4,9 +4,11 @@
 //! and key, references and exposed names are checked before anything starts. It does
 //! not start anything and does not persist anything (that is `portcullis-store`).
 
+mod auth;
 mod model;
 mod validate;
 
+pub use auth::*;
 pub use model::*;
 pub use validate::ConfigError;
 
@@ -40,6 +42,11 @@ impl Config {
         for up in &mut self.upstreams {
             for value in up.headers.values_mut().chain(up.env.values_mut()) {
                 *value = expand(value)?;
+            }
+        }
+        for idp in &mut self.auth.idps {
+            if let Some(secret) = &mut idp.client_secret {
+                *secret = expand(secret)?;
             }
         }
         Ok(())

@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub security: Security,
     #[serde(default)]
+    pub auth: crate::auth::Auth,
+    #[serde(default)]
     pub upstreams: Vec<Upstream>,
     #[serde(default)]
     pub virtual_servers: Vec<VirtualServer>,
@@ -168,6 +170,9 @@ pub struct VirtualServer {
     #[serde(default = "default_separator")]
     pub separator: String,
     pub upstreams: Vec<Member>,
+    /// Who may connect; empty means every authenticated principal.
+    #[serde(default)]
+    pub access: crate::auth::Access,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

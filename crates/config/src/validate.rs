@@ -33,6 +33,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
             "limits.max_body_bytes must be at least 1024".into(),
         ));
     }
+    validate_auth(&config.auth)?;
     let mut upstreams = BTreeSet::new();
     for up in &config.upstreams {
         let at = format!("upstream {:?}", up.name);
@@ -173,6 +174,40 @@ fn validate_members(
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_auth(auth: &crate::Auth) -> Result<(), ConfigError> {
+    let mut names = BTreeSet::new();
+    for idp in &auth.idps {
+        let at = format!("auth.idps {:?}", idp.name);
+        if !valid_ident(&idp.name) || idp.name == "local" {
+            return Err(invalid(format!(
+                "{at}: names use letters, digits, '_' and '-' and \"local\" is reserved"
+            )));
+        }
+        if !names.insert(idp.name.as_str()) {
+            return Err(invalid(format!("{at} is defined twice")));
+        }
+        if !(idp.issuer.starts_with("https://") || idp.issuer.starts_with("http://")) {
+            return Err(invalid(format!("{at}: `issuer` must be an http(s) URL")));
+        }
+        if !idp.scopes.iter().any(|s| s == "openid") {
+            return Err(invalid(format!("{at}: `scopes` must include \"openid\"")));
+        }
+    }
+    if let Some(issuer) = &auth.issuer {
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) || issuer.ends_with('/') {
+            return Err(invalid(
+                "auth.issuer must be an http(s) URL without a trailing slash".into(),
+            ));
+        }
+    }
+    if auth.access_token_ttl_secs == 0 || auth.access_token_ttl_secs > 86_400 {
+        return Err(invalid(
+            "auth.access_token_ttl_secs must be between 1 and 86400".into(),
+        ));
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! hot path: the gateway works from in-memory state built at start-up. Secret values
 //! (upstream header and environment values) are never written here in clear.
 
+pub mod identity;
+
 use portcullis_config::{Config, Upstream};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -50,7 +52,7 @@ pub struct UpstreamRow {
     pub risk_tier: Option<i64>,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -1,0 +1,1003 @@
+//! Identity tables: users and service accounts, groups, API tokens, OAuth clients,
+//! authorization requests and codes, refresh-token families, signing keys, and the
+//! change feed (`identity_events`) that every replica follows.
+//!
+//! Every mutation that can take access away writes an event in the same
+//! transaction, so a replica that applies events in order never misses one.
+
+use crate::{now, Store, StoreError};
+use rand::RngCore;
+use sqlx::{FromRow, Row, Sqlite, Transaction};
+
+/// A random identifier: 128 bits, hex.
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct UserRow {
+    pub id: String,
+    pub kind: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub external_id: Option<String>,
+    pub idp: Option<String>,
+    pub idp_subject: Option<String>,
+    pub password_hash: Option<String>,
+    pub active: bool,
+    pub is_admin: bool,
+    pub owner_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub kind: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub external_id: Option<String>,
+    pub idp: Option<String>,
+    pub idp_subject: Option<String>,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub owner_id: Option<String>,
+}
+
+/// Fields a SCIM or admin update may change; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub username: Option<String>,
+    pub email: Option<Option<String>>,
+    pub display_name: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
+    pub active: Option<bool>,
+    pub is_admin: Option<bool>,
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct GroupRow {
+    pub id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow, PartialEq)]
+pub struct ClientRow {
+    pub client_id: String,
+    pub secret_hash: Option<String>,
+    pub kind: String,
+    pub client_name: String,
+    pub redirect_uris: String,
+    pub application_type: String,
+    pub auth_method: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub fetched_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AuthRequestRow {
+    pub id: String,
+    pub params: String,
+    pub csrf: String,
+    pub idp_state: Option<String>,
+    pub idp_nonce: Option<String>,
+    pub idp_verifier: Option<String>,
+    pub idp: Option<String>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AuthCodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub resource: String,
+    pub scope: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub family_id: Option<String>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FamilyRow {
+    pub id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct KeyRow {
+    pub kid: String,
+    pub alg: String,
+    pub private_der: String,
+    pub public_raw: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub at: i64,
+}
+
+/// What redeeming an authorization code found.
+#[derive(Debug)]
+pub enum Redeemed {
+    Fresh(AuthCodeRow),
+    /// The code was already used: the family it produced has been revoked.
+    Replayed { family_id: Option<String> },
+    Unknown,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug)]
+pub enum Rotated {
+    Fresh(FamilyRow),
+    /// A spent token came back: the whole family is now revoked.
+    Reused { family_id: String },
+    Revoked,
+    Unknown,
+}
+
+/// Everything the in-memory identity view is built from.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub users: Vec<UserRow>,
+    /// (user id, group display name)
+    pub memberships: Vec<(String, String)>,
+    pub tokens: Vec<ApiTokenRow>,
+    pub revoked_families: Vec<(String, i64)>,
+    pub keys: Vec<KeyRow>,
+    pub last_event: i64,
+}
+
+async fn emit(tx: &mut Transaction<'_, Sqlite>, kind: &str, subject: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO identity_events (kind, subject, at) VALUES (?, ?, ?)")
+        .bind(kind)
+        .bind(subject)
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const USER_COLS: &str = "id, kind, username, email, display_name, external_id, idp, idp_subject, \
+     password_hash, active, is_admin, owner_id, created_at, updated_at";
+
+impl Store {
+    // ---- users ----
+
+    pub async fn create_user(&self, u: &NewUser) -> Result<UserRow, StoreError> {
+        let id = new_id();
+        let ts = now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, kind, username, email, display_name, external_id, idp, idp_subject,
+                password_hash, active, is_admin, owner_id, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&u.kind)
+        .bind(&u.username)
+        .bind(&u.email)
+        .bind(&u.display_name)
+        .bind(&u.external_id)
+        .bind(&u.idp)
+        .bind(&u.idp_subject)
+        .bind(&u.password_hash)
+        .bind(u.is_admin)
+        .bind(&u.owner_id)
+        .bind(ts)
+        .bind(ts)
+        .execute(&mut *tx)
+        .await?;
+        emit(&mut tx, "user", &id).await?;
+        tx.commit().await?;
+        self.user(&id).await?.ok_or(StoreError::Db(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn user_by_idp(&self, idp: &str, subject: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {USER_COLS} FROM users WHERE idp = ? AND idp_subject = ?"
+        ))
+        .bind(idp)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn user_by_external_id(&self, external_id: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE external_id = ?"))
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn users(&self, kind: Option<&str>) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {USER_COLS} FROM users WHERE (?1 IS NULL OR kind = ?1) ORDER BY username"
+        ))
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Apply a patch; deactivation also revokes every credential the user holds.
+    pub async fn update_user(&self, id: &str, p: &UserPatch) -> Result<Option<UserRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let ts = now();
+        if let Some(v) = &p.username {
+            set_col(&mut tx, id, "username", Some(v.as_str())).await?;
+        }
+        for (col, v) in [
+            ("email", &p.email),
+            ("display_name", &p.display_name),
+            ("external_id", &p.external_id),
+        ] {
+            if let Some(v) = v {
+                set_col(&mut tx, id, col, v.as_deref()).await?;
+            }
+        }
+        if let Some(h) = &p.password_hash {
+            set_col(&mut tx, id, "password_hash", Some(h.as_str())).await?;
+        }
+        if let Some(a) = p.is_admin {
+            sqlx::query("UPDATE users SET is_admin = ? WHERE id = ?")
+                .bind(a)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(a) = p.active {
+            sqlx::query("UPDATE users SET active = ? WHERE id = ?")
+                .bind(a)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if !a {
+                revoke_everything(&mut tx, id, "user deactivated").await?;
+            }
+        }
+        sqlx::query("UPDATE users SET updated_at = ? WHERE id = ?")
+            .bind(ts)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        emit(&mut tx, "user", id).await?;
+        tx.commit().await?;
+        self.user(id).await
+    }
+
+    /// Delete a user (deprovisioning): credentials go with it.
+    pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        revoke_everything(&mut tx, id, "user deleted").await?;
+        let n = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        emit(&mut tx, "user", id).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    // ---- groups ----
+
+    pub async fn create_group(&self, name: &str, external_id: Option<&str>) -> Result<GroupRow, StoreError> {
+        let id = new_id();
+        let ts = now();
+        sqlx::query(
+            "INSERT INTO groups (id, display_name, external_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(external_id)
+        .bind(ts)
+        .bind(ts)
+        .execute(&self.pool)
+        .await?;
+        self.group(&id).await?.ok_or(StoreError::Db(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn group(&self, id: &str) -> Result<Option<GroupRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM groups WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn group_by_name(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM groups WHERE display_name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM groups ORDER BY display_name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn group_member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
+            .bind(group_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Group names of a user, sorted.
+    pub async fn user_group_names(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT g.display_name FROM groups g JOIN group_members m ON m.group_id = g.id
+             WHERE m.user_id = ? ORDER BY g.display_name",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn rename_group(&self, id: &str, name: &str, external_id: Option<&str>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE groups SET display_name = ?, external_id = COALESCE(?, external_id), updated_at = ? WHERE id = ?",
+        )
+        .bind(name)
+        .bind(external_id)
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        emit_members(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    pub async fn delete_group(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        emit_members(&mut tx, id).await?;
+        let n = sqlx::query("DELETE FROM groups WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Add and remove members in one transaction; each affected user gets an event.
+    pub async fn change_members(&self, group_id: &str, add: &[String], remove: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in add {
+            sqlx::query("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)")
+                .bind(group_id)
+                .bind(u)
+                .execute(&mut *tx)
+                .await?;
+            emit(&mut tx, "user", u).await?;
+        }
+        for u in remove {
+            sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+                .bind(group_id)
+                .bind(u)
+                .execute(&mut *tx)
+                .await?;
+            emit(&mut tx, "user", u).await?;
+        }
+        sqlx::query("UPDATE groups SET updated_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(group_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replace a group's members.
+    pub async fn set_members(&self, group_id: &str, members: &[String]) -> Result<(), StoreError> {
+        let current = self.group_member_ids(group_id).await?;
+        let add: Vec<String> = members.iter().filter(|m| !current.contains(m)).cloned().collect();
+        let remove: Vec<String> = current.into_iter().filter(|c| !members.contains(c)).collect();
+        self.change_members(group_id, &add, &remove).await
+    }
+
+    /// Make a user's groups exactly `names` (IdP login with a groups claim), creating
+    /// groups that do not exist yet.
+    pub async fn sync_user_groups(&self, user_id: &str, names: &[String]) -> Result<(), StoreError> {
+        let current = self.user_group_names(user_id).await?;
+        let mut want = names.to_vec();
+        want.sort();
+        want.dedup();
+        if current == want {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM group_members WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        for name in &want {
+            let gid: Option<String> = sqlx::query_scalar("SELECT id FROM groups WHERE display_name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let gid = match gid {
+                Some(g) => g,
+                None => {
+                    let g = new_id();
+                    sqlx::query(
+                        "INSERT INTO groups (id, display_name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&g)
+                    .bind(name)
+                    .bind(now())
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                    g
+                }
+            };
+            sqlx::query("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)")
+                .bind(&gid)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        emit(&mut tx, "user", user_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- API tokens ----
+
+    pub async fn insert_api_token(&self, t: &ApiTokenRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, secret_hash, scopes, expires_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.user_id)
+        .bind(&t.name)
+        .bind(&t.secret_hash)
+        .bind(&t.scopes)
+        .bind(t.expires_at)
+        .bind(t.created_at)
+        .execute(&mut *tx)
+        .await?;
+        emit(&mut tx, "token", &t.user_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn api_tokens(&self, user_id: Option<&str>) -> Result<Vec<ApiTokenRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM api_tokens WHERE (?1 IS NULL OR user_id = ?1) ORDER BY created_at, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM api_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Revoke one API token; returns false when it does not exist or was revoked.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
+        )
+        .bind(now())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(u) = &user {
+            emit(&mut tx, "token", u).await?;
+        }
+        tx.commit().await?;
+        Ok(user.is_some())
+    }
+
+    // ---- OAuth clients ----
+
+    pub async fn upsert_client(&self, c: &ClientRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_clients (client_id, secret_hash, kind, client_name, redirect_uris,
+                application_type, auth_method, metadata, created_at, fetched_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (client_id) DO UPDATE SET client_name = excluded.client_name,
+                redirect_uris = excluded.redirect_uris, metadata = excluded.metadata,
+                application_type = excluded.application_type, auth_method = excluded.auth_method,
+                fetched_at = excluded.fetched_at",
+        )
+        .bind(&c.client_id)
+        .bind(&c.secret_hash)
+        .bind(&c.kind)
+        .bind(&c.client_name)
+        .bind(&c.redirect_uris)
+        .bind(&c.application_type)
+        .bind(&c.auth_method)
+        .bind(&c.metadata)
+        .bind(c.created_at)
+        .bind(c.fetched_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM oauth_clients WHERE client_id = ?")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM oauth_clients ORDER BY created_at, client_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Delete a client and revoke every grant it holds.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let fams: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE token_families SET revoked_at = ?, revoke_reason = 'client deleted'
+             WHERE client_id = ? AND revoked_at IS NULL RETURNING id, user_id",
+        )
+        .bind(now())
+        .bind(client_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (_, user) in &fams {
+            emit(&mut tx, "family", user).await?;
+        }
+        let n = sqlx::query("DELETE FROM oauth_clients WHERE client_id = ?")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    // ---- authorization requests and codes ----
+
+    pub async fn insert_auth_request(&self, r: &AuthRequestRow) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auth_requests WHERE expires_at < ?")
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO auth_requests (id, params, csrf, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&r.id)
+            .bind(&r.params)
+            .bind(&r.csrf)
+            .bind(r.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn auth_request(&self, id: &str) -> Result<Option<AuthRequestRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM auth_requests WHERE id = ? AND expires_at >= ?")
+            .bind(id)
+            .bind(now())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// After consent: remember the single-use state sent to the IdP.
+    pub async fn begin_idp_login(
+        &self,
+        id: &str,
+        idp: &str,
+        state: &str,
+        nonce: &str,
+        verifier: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE auth_requests SET idp = ?, idp_state = ?, idp_nonce = ?, idp_verifier = ? WHERE id = ?",
+        )
+        .bind(idp)
+        .bind(state)
+        .bind(nonce)
+        .bind(verifier)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Take (and delete) the request an IdP callback's state names.
+    pub async fn take_by_idp_state(&self, state: &str) -> Result<Option<AuthRequestRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "DELETE FROM auth_requests WHERE idp_state = ? AND expires_at >= ? RETURNING *",
+        )
+        .bind(state)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn delete_auth_request(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auth_requests WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_code(&self, c: &AuthCodeRow) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM auth_codes WHERE expires_at < ?")
+            .bind(now() - 3600)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO auth_codes (code_hash, client_id, user_id, redirect_uri, code_challenge, resource, scope, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.code_hash)
+        .bind(&c.client_id)
+        .bind(&c.user_id)
+        .bind(&c.redirect_uri)
+        .bind(&c.code_challenge)
+        .bind(&c.resource)
+        .bind(&c.scope)
+        .bind(c.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mark a code used exactly once. A second presentation revokes what the first
+    /// produced (OAuth 2.1 §4.1.3).
+    pub async fn redeem_code(&self, code_hash: &str) -> Result<Redeemed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let fresh: Option<AuthCodeRow> = sqlx::query_as(
+            "UPDATE auth_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL RETURNING *",
+        )
+        .bind(now())
+        .bind(code_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(c) = fresh {
+            tx.commit().await?;
+            return Ok(Redeemed::Fresh(c));
+        }
+        let spent: Option<AuthCodeRow> = sqlx::query_as("SELECT * FROM auth_codes WHERE code_hash = ?")
+            .bind(code_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(spent) = spent else {
+            tx.commit().await?;
+            return Ok(Redeemed::Unknown);
+        };
+        if let Some(f) = &spent.family_id {
+            revoke_family_tx(&mut tx, f, "authorization code replayed").await?;
+        }
+        tx.commit().await?;
+        Ok(Redeemed::Replayed {
+            family_id: spent.family_id,
+        })
+    }
+
+    /// Open a token family for a redeemed code and store its first refresh token.
+    pub async fn open_family(&self, f: &FamilyRow, code_hash: Option<&str>, refresh_hash: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO token_families (id, user_id, client_id, resource, scope, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&f.id)
+        .bind(&f.user_id)
+        .bind(&f.client_id)
+        .bind(&f.resource)
+        .bind(&f.scope)
+        .bind(f.created_at)
+        .bind(f.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(c) = code_hash {
+            sqlx::query("UPDATE auth_codes SET family_id = ? WHERE code_hash = ?")
+                .bind(&f.id)
+                .bind(c)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)")
+            .bind(refresh_hash)
+            .bind(&f.id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Spend a refresh token and store its successor, atomically.
+    pub async fn rotate_refresh(&self, token_hash: &str, next_hash: &str) -> Result<Rotated, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT family_id, used_at FROM refresh_tokens WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Rotated::Unknown);
+        };
+        let family_id: String = row.get("family_id");
+        let used: Option<i64> = row.get("used_at");
+        if used.is_some() {
+            revoke_family_tx(&mut tx, &family_id, "refresh token reused").await?;
+            tx.commit().await?;
+            return Ok(Rotated::Reused { family_id });
+        }
+        let fam: Option<FamilyRow> = sqlx::query_as(
+            "SELECT id, user_id, client_id, resource, scope, created_at, expires_at, revoked_at
+             FROM token_families WHERE id = ?",
+        )
+        .bind(&family_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(fam) = fam else {
+            return Ok(Rotated::Unknown);
+        };
+        if fam.revoked_at.is_some() || fam.expires_at < now() {
+            return Ok(Rotated::Revoked);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?")
+            .bind(now())
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)")
+            .bind(next_hash)
+            .bind(&family_id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rotated::Fresh(fam))
+    }
+
+    pub async fn revoke_family(&self, family_id: &str, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        revoke_family_tx(&mut tx, family_id, reason).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Family of a refresh token (for RFC 7009 revocation).
+    pub async fn family_of_refresh(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn families(&self, user_id: Option<&str>) -> Result<Vec<FamilyRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, client_id, resource, scope, created_at, expires_at, revoked_at
+             FROM token_families WHERE (?1 IS NULL OR user_id = ?1) ORDER BY created_at",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    // ---- signing keys ----
+
+    pub async fn signing_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at, kid")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Add a key and retire the current ones (they keep verifying until dropped).
+    pub async fn rotate_signing_key(&self, k: &KeyRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, public_raw, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&k.kid)
+        .bind(&k.alg)
+        .bind(&k.private_der)
+        .bind(&k.public_raw)
+        .bind(k.created_at)
+        .execute(&mut *tx)
+        .await?;
+        emit(&mut tx, "keys", &k.kid).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drop retired keys older than `before` (their tokens have expired).
+    pub async fn drop_retired_keys(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    // ---- change feed ----
+
+    pub async fn events_since(&self, seq: i64) -> Result<Vec<EventRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM identity_events WHERE seq > ? ORDER BY seq LIMIT 10000")
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Everything the in-memory view needs, read in one transaction.
+    pub async fn identity_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let last_event: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM identity_events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let users = sqlx::query_as(&format!("SELECT {USER_COLS} FROM users"))
+            .fetch_all(&mut *tx)
+            .await?;
+        let memberships = sqlx::query_as(
+            "SELECT m.user_id, g.display_name FROM group_members m JOIN groups g ON g.id = m.group_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let tokens = sqlx::query_as("SELECT * FROM api_tokens WHERE revoked_at IS NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+        let revoked_families = sqlx::query_as(
+            "SELECT id, expires_at FROM token_families WHERE revoked_at IS NOT NULL AND expires_at > ?",
+        )
+        .bind(now())
+        .fetch_all(&mut *tx)
+        .await?;
+        let keys = sqlx::query_as("SELECT * FROM signing_keys")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Snapshot {
+            users,
+            memberships,
+            tokens,
+            revoked_families,
+            keys,
+            last_event,
+        })
+    }
+}
+
+async fn set_col(tx: &mut Transaction<'_, Sqlite>, id: &str, col: &str, v: Option<&str>) -> Result<(), StoreError> {
+    // `col` comes from a fixed list in this module, never from input.
+    sqlx::query(&format!("UPDATE users SET {col} = ? WHERE id = ?"))
+        .bind(v)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn emit_members(tx: &mut Transaction<'_, Sqlite>, group_id: &str) -> Result<(), StoreError> {
+    let members: Vec<String> = sqlx::query_scalar("SELECT user_id FROM group_members WHERE group_id = ?")
+        .bind(group_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    for m in members {
+        emit(tx, "user", &m).await?;
+    }
+    Ok(())
+}
+
+async fn revoke_family_tx(tx: &mut Transaction<'_, Sqlite>, family_id: &str, reason: &str) -> Result<(), StoreError> {
+    let user: Option<String> = sqlx::query_scalar(
+        "UPDATE token_families SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
+    )
+    .bind(now())
+    .bind(reason)
+    .bind(family_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(u) = user {
+        emit(tx, "family", &u).await?;
+    }
+    Ok(())
+}
+
+async fn revoke_everything(tx: &mut Transaction<'_, Sqlite>, user_id: &str, reason: &str) -> Result<(), StoreError> {
+    let ts = now();
+    sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+        .bind(ts)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE token_families SET revoked_at = ?, revoke_reason = ? WHERE user_id = ? AND revoked_at IS NULL",
+    )
+    .bind(ts)
+    .bind(reason)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    // Service accounts a departing person owns stop with them.
+    let owned: Vec<String> = sqlx::query_scalar("SELECT id FROM users WHERE owner_id = ? AND active = 1")
+        .bind(user_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    for sa in owned {
+        sqlx::query("UPDATE users SET active = 0, updated_at = ? WHERE id = ?")
+            .bind(ts)
+            .bind(&sa)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(ts)
+            .bind(&sa)
+            .execute(&mut **tx)
+            .await?;
+        emit(tx, "user", &sa).await?;
+    }
+    emit(tx, "user", user_id).await?;
+    Ok(())
+}
