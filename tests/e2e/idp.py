@@ -338,7 +338,7 @@ class Browser:
 
     Cookies are shared by host, not by port, as in real browsers: the IdP and a gateway both
     on 127.0.0.1 see each other's cookies (watch for name clashes: oidc-provider uses
-    _session, _interaction, _interaction_resume and their .sig / .legacy variants).
+    _session, _interaction, _interaction_resume and their .sig variants).
     """
 
     def __init__(self, idp: str | None = None, timeout: float = 15.0, max_hops: int = 30):
