@@ -52,7 +52,8 @@ def running_gateway(config: dict, *, timeout: float = 30.0, env: dict | None = N
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pc-e2e-") as tmp:
         data_dir = Path(tmp) / "data"
-        cfg = {"listen": f"127.0.0.1:{port}", "data_dir": str(data_dir), **config}
+        # Tests of the data plane run without authentication unless they ask for it.
+        cfg = {"listen": f"127.0.0.1:{port}", "data_dir": str(data_dir), "auth": {"mode": "off"}, **config}
         cfg_path = Path(tmp) / "portcullis.yaml"
         cfg_path.write_text(json.dumps(cfg, indent=2))
         proc = subprocess.Popen(

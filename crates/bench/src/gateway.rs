@@ -68,6 +68,7 @@ pub fn write_config(dir: &Path, port: u16, upstream: SocketAddr) -> Result<PathB
     let config = format!(
         "listen: 127.0.0.1:{port}\n\
          data_dir: {data}\n\
+         auth: {{mode: off}}\n\
          upstreams:\n  - name: fast\n    transport: streamable_http\n    url: http://{upstream}/mcp\n\
          virtual_servers:\n  - name: bench\n    upstreams: [{{upstream: fast, prefix: \"\"}}]\n",
         data = data_dir.display(),

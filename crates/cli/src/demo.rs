@@ -118,10 +118,11 @@ pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {
     let data_dir = std::fs::canonicalize(&data_dir)?;
     ensure_servers(&data_dir).await?;
     let config = demo_config(&listen, &data_dir)?;
+    let login = demo_login(&data_dir, &config).await?;
     serve::run(
         config,
         "demo",
-        Some(Box::new(|addr| {
+        Some(Box::new(move |addr| {
             let url = format!("http://{addr}/mcp/demo");
             println!();
             println!("Portcullis demo is running.");
@@ -131,6 +132,14 @@ pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {
             println!("Paste into an MCP client configuration (Claude Desktop, Cursor, VS Code):");
             println!("  {{\"mcpServers\": {{\"portcullis-demo\": {{\"type\": \"http\", \"url\": \"{url}\"}}}}}}");
             println!("or: claude mcp add --transport http portcullis-demo {url}");
+            println!("(clients sign in with OAuth: approve, then log in as the admin below)");
+            println!();
+            println!("Admin login:    http://{addr}/login");
+            println!("  username:     {}", login.username);
+            println!("  password:     {}", login.password);
+            println!("Personal access token for the demo virtual server (shown once):");
+            println!("  {}", login.token);
+            println!("  curl -H 'Authorization: Bearer {}' ...", login.token);
             println!();
         })),
     )
@@ -142,5 +151,41 @@ fn which(program: &str) -> Option<PathBuf> {
         std::env::split_paths(&paths)
             .map(|p| p.join(program))
             .find(|p| p.is_file())
+    })
+}
+
+struct DemoLogin {
+    username: String,
+    password: String,
+    token: String,
+}
+
+/// The demo's local admin gets a fresh password and a fresh personal access
+/// token for `demo` on every start; older demo tokens are revoked.
+async fn demo_login(data_dir: &std::path::Path, config: &Config) -> anyhow::Result<DemoLogin> {
+    use portcullis_identity::{accounts, secrets};
+    let store = portcullis_store::Store::open(data_dir).await?;
+    let password = secrets::random_token("")[..20].to_owned();
+    let admin = accounts::upsert_local_user(&store, "admin", &password, true).await?;
+    for t in store.api_tokens(Some(&admin.id)).await? {
+        if t.name == "demo" && t.revoked_at.is_none() {
+            store.revoke_api_token(&t.id).await?;
+        }
+    }
+    let scopes = vec!["vs:demo".to_owned(), "admin".to_owned()];
+    let (_, token) = accounts::create_api_token(
+        &store,
+        &admin,
+        "demo",
+        &scopes,
+        Some(30),
+        config.auth.max_api_token_ttl_days,
+    )
+    .await?;
+    store.close().await;
+    Ok(DemoLogin {
+        username: admin.username,
+        password,
+        token,
     })
 }

@@ -42,7 +42,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     // Build through the YAML path so the proxy gets exactly the same validation.
     let yaml = format!(
-        "listen: {listen}\nupstreams: [{upstream_yaml}]\nvirtual_servers: [{{name: proxy, upstreams: [{{upstream: upstream, prefix: \"\"}}]}}]\n",
+        "listen: {listen}\nauth: {{mode: off}}\nupstreams: [{upstream_yaml}]\nvirtual_servers: [{{name: proxy, upstreams: [{{upstream: upstream, prefix: \"\"}}]}}]\n",
         listen = serde_json::to_string(&args.listen)?,
     );
     let mut config = Config::from_yaml(&yaml, "proxy")?;

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
-use portcullis_config::Config;
+use portcullis_config::{AuthMode, Config};
+use portcullis_identity::Identity;
 use portcullis_gateway::{Gateway, HostPolicy};
 use portcullis_store::{Applied, Store};
 use std::net::SocketAddr;
@@ -11,6 +12,10 @@ use std::path::PathBuf;
 /// Called once the listener is bound, with the actual address.
 pub type OnListen = Box<dyn FnOnce(SocketAddr) + Send>;
 
+/// How often the identity change feed is polled: the bound on revocation delay
+/// for changes made by another process (CLI, another replica).
+const CHANGE_FEED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> anyhow::Result<()> {
@@ -18,10 +23,12 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         .listen
         .parse()
         .with_context(|| format!("listen address {:?} is not IP:PORT", config.listen))?;
-    if !addr.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {addr}: authentication is not available yet, so the gateway only listens on loopback addresses"
-        );
+    let auth_on = config.auth.mode == AuthMode::Required;
+    if !addr.ip().is_loopback() && !auth_on {
+        bail!("refusing to listen on {addr} with auth.mode: off; unauthenticated gateways listen on loopback only");
+    }
+    if !addr.ip().is_loopback() && config.public_url.is_none() && config.auth.issuer.is_none() {
+        bail!("listening on {addr} needs `public_url`: tokens name the gateway's public address as issuer and audience");
     }
     let data_dir = config
         .data_dir
@@ -42,9 +49,20 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             hosts.push(host.to_owned());
         }
     }
+    let identity = if auth_on {
+        let id = Identity::open(store.clone(), &config)
+            .await
+            .context("loading identities")?;
+        id.spawn_watcher(CHANGE_FEED_POLL);
+        Some(id)
+    } else {
+        tracing::warn!("authentication is OFF (auth.mode: off): anyone on this machine can call every tool");
+        None
+    };
     let gateway = Gateway::new(
         &config,
         HostPolicy::new(&hosts, &config.security.allowed_origins),
+        identity.clone(),
     )?;
     gateway.spawn_reaper();
     let workers = worker_count();
@@ -64,7 +82,11 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     if let Some(f) = on_listen {
         f(bound);
     }
-    let app = gateway.router();
+    let mut app = gateway.router();
+    if let Some(id) = &identity {
+        app = app
+            .merge(portcullis_authserver::router(id.clone()));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = extra
         .into_iter()

@@ -7,6 +7,8 @@ use crate::session::{Session, Waiter};
 use crate::{caps, legacy_sse, modern, Gateway};
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::Extension;
+use portcullis_identity::Principal;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,7 +26,6 @@ use tokio::sync::mpsc;
 
 pub(crate) fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route(
             "/mcp/{vs}",
             get(get_stream).post(post_message).delete(delete_session),
@@ -37,6 +38,11 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .route("/messages", axum::routing::post(default_messages))
         .route("/mcp/{vs}/sse", get(legacy_sse::open))
         .route("/mcp/{vs}/messages", axum::routing::post(legacy_sse::post))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            crate::authn::require_token,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             json_error(
                 StatusCode::NOT_FOUND,
@@ -114,9 +120,11 @@ pub(crate) async fn read_message(
 async fn post_message(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let owner = crate::authn::owner(&principal);
     if let Err(r) = admit(&gw, &headers, &vs) {
         return r;
     }
@@ -144,7 +152,7 @@ async fn post_message(
             );
         }
         return match msg.kind {
-            MessageKind::Request { id, .. } => initialize(&gw, &vs, id, &msg.value).await,
+            MessageKind::Request { id, .. } => initialize(&gw, &vs, id, &msg.value, owner).await,
             _ => json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
@@ -159,7 +167,7 @@ async fn post_message(
             "Mcp-Session-Id header required (send initialize first, or use 2026-07-28 per-request _meta)",
         );
     };
-    let Some(session) = gw.sessions.get(&vs, sid) else {
+    let Some(session) = gw.sessions.get(&vs, sid, owner) else {
         return json_error(
             StatusCode::NOT_FOUND,
             ErrorCode::InvalidRequest,
@@ -278,8 +286,14 @@ async fn on_notification(session: &Arc<Session>, method: &str, value: Value) {
     }
 }
 
-async fn initialize(gw: &Arc<Gateway>, vs_name: &str, id: Value, value: &Value) -> Response {
-    match start_session(gw, vs_name, value).await {
+async fn initialize(
+    gw: &Arc<Gateway>,
+    vs_name: &str,
+    id: Value,
+    value: &Value,
+    owner: Option<&str>,
+) -> Response {
+    match start_session(gw, vs_name, value, owner).await {
         Ok((session, result)) => {
             let mut r = json_response(StatusCode::OK, &result_response(id, result));
             if let Ok(v) = HeaderValue::from_str(&session.id) {
@@ -298,6 +312,7 @@ pub(crate) async fn start_session(
     gw: &Arc<Gateway>,
     vs_name: &str,
     value: &Value,
+    owner: Option<&str>,
 ) -> Result<(Arc<Session>, Value), (StatusCode, ErrorCode, &'static str)> {
     if gw.sessions.len() >= gw.limits.max_sessions {
         return Err((
@@ -321,7 +336,12 @@ pub(crate) async fn start_session(
     let caps_in = field("capabilities").unwrap_or_else(|| json!({}));
     let info = field("clientInfo").unwrap_or_else(|| json!({"name": "unknown", "version": "0"}));
     let binding = Binding::new(vs.clone(), Era::Legacy, caps_in.clone(), info);
-    let session = Session::new(binding.clone(), version.to_owned(), caps_in);
+    let session = Session::new(
+        binding.clone(),
+        version.to_owned(),
+        caps_in,
+        owner.map(str::to_owned),
+    );
     // A slow upstream must not hold the client's initialize: past the budget the
     // session starts with what is up, and the client is told to list again when a
     // late upstream arrives.
@@ -415,8 +435,10 @@ fn to_event(v: Value) -> Result<Event, Infallible> {
 async fn get_stream(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
 ) -> Response {
+    let owner = crate::authn::owner(&principal);
     if let Err(r) = admit(&gw, &headers, &vs) {
         return r;
     }
@@ -430,7 +452,7 @@ async fn get_stream(
             .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     };
-    let Some(session) = gw.sessions.get(&vs, sid) else {
+    let Some(session) = gw.sessions.get(&vs, sid, owner) else {
         return json_error(
             StatusCode::NOT_FOUND,
             ErrorCode::InvalidRequest,
@@ -482,8 +504,10 @@ async fn get_stream(
 async fn delete_session(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
 ) -> Response {
+    let owner = crate::authn::owner(&principal);
     if let Err(r) = admit(&gw, &headers, &vs) {
         return r;
     }
@@ -494,7 +518,7 @@ async fn delete_session(
             "DELETE needs an Mcp-Session-Id",
         );
     };
-    if gw.sessions.get(&vs, sid).is_none() {
+    if gw.sessions.get(&vs, sid, owner).is_none() {
         return json_error(
             StatusCode::NOT_FOUND,
             ErrorCode::InvalidRequest,
@@ -518,42 +542,60 @@ fn default_vs(gw: &Gateway) -> Result<Path<String>, Response> {
     })
 }
 
-async fn default_post(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+async fn default_post(
+    State(gw): State<Arc<Gateway>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match default_vs(&gw) {
-        Ok(p) => post_message(State(gw), p, headers, body).await,
+        Ok(p) => post_message(State(gw), p, principal, headers, body).await,
         Err(r) => r,
     }
 }
 
-async fn default_get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn default_get(
+    State(gw): State<Arc<Gateway>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
     match default_vs(&gw) {
-        Ok(p) => get_stream(State(gw), p, headers).await,
+        Ok(p) => get_stream(State(gw), p, principal, headers).await,
         Err(r) => r,
     }
 }
 
-async fn default_delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn default_delete(
+    State(gw): State<Arc<Gateway>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
     match default_vs(&gw) {
-        Ok(p) => delete_session(State(gw), p, headers).await,
+        Ok(p) => delete_session(State(gw), p, principal, headers).await,
         Err(r) => r,
     }
 }
 
-async fn default_sse(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn default_sse(
+    State(gw): State<Arc<Gateway>>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
     match default_vs(&gw) {
-        Ok(p) => legacy_sse::open(State(gw), p, headers).await,
+        Ok(p) => legacy_sse::open(State(gw), p, principal, headers).await,
         Err(r) => r,
     }
 }
 
 async fn default_messages(
     State(gw): State<Arc<Gateway>>,
+    principal: Option<Extension<Principal>>,
     q: axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match default_vs(&gw) {
-        Ok(p) => legacy_sse::post(State(gw), p, q, headers, body).await,
+        Ok(p) => legacy_sse::post(State(gw), p, principal, q, headers, body).await,
         Err(r) => r,
     }
 }

@@ -8,6 +8,8 @@ use crate::session::Session;
 use crate::Gateway;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::Extension;
+use portcullis_identity::Principal;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -21,8 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// One open stream: where its messages go, and its session once initialized.
-type SseEntry = (mpsc::UnboundedSender<Value>, Option<Arc<Session>>);
+/// One open stream: where its messages go, its session once initialized, and
+/// the subject of the principal that opened it.
+type SseEntry = (
+    mpsc::UnboundedSender<Value>,
+    Option<Arc<Session>>,
+    Option<String>,
+);
 
 /// Open SSE streams by their endpoint id, with the session once initialized.
 #[derive(Default)]
@@ -47,7 +54,7 @@ struct Cleanup(Arc<Gateway>, String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let entry = self.0.sse.lock().remove(&self.1);
-        if let Some((_, Some(session))) = entry {
+        if let Some((_, Some(session), _)) = entry {
             self.0.sessions.remove(&session.id);
             tokio::spawn(async move { session.close().await });
         }
@@ -57,14 +64,16 @@ impl Drop for Cleanup {
 pub(crate) async fn open(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
 ) -> Response {
+    let owner = crate::authn::owner(&principal).map(str::to_owned);
     if let Err(r) = admit(&gw, &headers, &vs) {
         return r;
     }
     let id = crate::session::mint_session_id();
     let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    gw.sse.lock().insert(id.clone(), (tx, None));
+    gw.sse.lock().insert(id.clone(), (tx, None, owner));
     let endpoint = format!("/mcp/{vs}/messages?session_id={id}");
     let cleanup = Cleanup(gw.clone(), id);
     let first = futures_util::stream::once(async move {
@@ -84,6 +93,7 @@ pub(crate) async fn open(
 pub(crate) async fn post(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
+    principal: Option<Extension<Principal>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -98,7 +108,9 @@ pub(crate) async fn post(
             "session_id query parameter required",
         );
     };
-    let Some((tx, session)) = gw.sse.lock().get(&sid).cloned() else {
+    let owner = crate::authn::owner(&principal);
+    let found = gw.sse.lock().get(&sid).cloned();
+    let Some((tx, session, _)) = found.filter(|e| e.2.as_deref() == owner) else {
         return json_error(
             StatusCode::NOT_FOUND,
             ErrorCode::InvalidRequest,
@@ -112,7 +124,7 @@ pub(crate) async fn post(
     let session = match (session, &msg.kind) {
         (Some(s), _) => s,
         (None, MessageKind::Request { id, method }) if method == "initialize" => {
-            let (s, result) = match start_session(&gw, &vs, &msg.value).await {
+            let (s, result) = match start_session(&gw, &vs, &msg.value, owner).await {
                 Ok(started) => started,
                 Err((status, code, text)) => return json_error(status, code, text),
             };

@@ -10,6 +10,7 @@
 // Edge helpers return ready-made HTTP responses as their error: that is the point.
 #![allow(clippy::result_large_err)]
 
+mod authn;
 mod binding;
 mod bridge;
 mod caps;
@@ -26,6 +27,7 @@ mod vserver;
 pub use edge::HostPolicy;
 
 use binding::Binding;
+use portcullis_identity::Identity;
 use portcullis_config::{Config, Limits};
 use portcullis_protocol::cursor::CursorCodec;
 use portcullis_protocol::era::Era;
@@ -55,10 +57,16 @@ pub struct Gateway {
     sse: legacy_sse::SseTransports,
     /// Virtual server also served at `/mcp` (quick proxy mode).
     default_vs: Option<String>,
+    /// Token checks; `None` only with `auth.mode: off` on loopback.
+    identity: Option<Arc<Identity>>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, hosts: HostPolicy) -> Result<Arc<Gateway>, GatewayError> {
+    pub fn new(
+        config: &Config,
+        hosts: HostPolicy,
+        identity: Option<Arc<Identity>>,
+    ) -> Result<Arc<Gateway>, GatewayError> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
             let h = UpstreamHandle::new(u.clone(), config.limits.request_timeout_ms)?;
@@ -74,7 +82,7 @@ impl Gateway {
                 )
             })
             .collect();
-        Ok(Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             vservers,
             sessions: SessionStore::default(),
             cursors: CursorCodec::random(),
@@ -84,7 +92,36 @@ impl Gateway {
             sse: Default::default(),
             default_vs: (config.virtual_servers.len() == 1)
                 .then(|| config.virtual_servers[0].name.clone()),
-        }))
+            identity,
+        });
+        gw.close_sessions_on_revocation();
+        Ok(gw)
+    }
+
+    /// When users change, close the sessions of those who lost access, so their
+    /// upstream sessions (and stdio children) go too.
+    fn close_sessions_on_revocation(self: &Arc<Self>) {
+        let Some(identity) = self.identity.clone() else {
+            return;
+        };
+        let gw = Arc::downgrade(self);
+        let id = Arc::downgrade(&identity);
+        identity.on_change(move |users| {
+            let (Some(gw), Some(identity)) = (gw.upgrade(), id.upgrade()) else {
+                return;
+            };
+            for s in gw.sessions.owned_by(users) {
+                let Some(owner) = s.owner.as_deref() else { continue };
+                let still = identity
+                    .user(owner)
+                    .is_some_and(|u| u.active && identity.user_may_use(&u, &s.binding.vs.name));
+                if !still {
+                    tracing::info!(session = %&s.id[..8], "closing session: access revoked");
+                    gw.sessions.remove(&s.id);
+                    tokio::spawn(async move { s.close().await });
+                }
+            }
+        });
     }
 
     /// The HTTP application: MCP endpoints and health.

@@ -22,6 +22,8 @@ pub enum Waiter {
 
 pub struct Session {
     pub id: String,
+    /// Subject of the principal that created the session; only it may use it.
+    pub owner: Option<String>,
     pub binding: Arc<Binding>,
     pub protocol_version: String,
     pub client_capabilities: Value,
@@ -52,9 +54,11 @@ impl Session {
         binding: Arc<Binding>,
         protocol_version: String,
         client_capabilities: Value,
+        owner: Option<String>,
     ) -> Arc<Session> {
         let session = Arc::new(Session {
             id: mint_session_id(),
+            owner,
             binding: binding.clone(),
             protocol_version,
             client_capabilities,
@@ -223,14 +227,27 @@ pub struct SessionStore {
 }
 
 impl SessionStore {
-    pub fn get(&self, vs: &str, id: &str) -> Option<Arc<Session>> {
+    /// A live session of `vs` owned by `owner`: another principal presenting the
+    /// id gets nothing, exactly as if it did not exist.
+    pub fn get(&self, vs: &str, id: &str, owner: Option<&str>) -> Option<Arc<Session>> {
         let s = self
             .sessions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()?;
-        (s.binding.vs.name == vs && !s.is_closed()).then_some(s)
+        (s.binding.vs.name == vs && !s.is_closed() && s.owner.as_deref() == owner).then_some(s)
+    }
+
+    /// Sessions whose owner is one of `owners`.
+    pub fn owned_by(&self, owners: &[String]) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.owner.as_ref().is_some_and(|o| owners.contains(o)))
+            .cloned()
+            .collect()
     }
 
     pub fn insert(&self, s: Arc<Session>) {

@@ -266,6 +266,11 @@ impl Identity {
         credential_ok && check_access(&fresh, resource).is_ok()
     }
 
+    /// Whether the virtual server's access list admits this user.
+    pub fn user_may_use(&self, u: &UserView, vs: &str) -> bool {
+        self.resources.get(vs).is_some_and(|r| may_use(u, r))
+    }
+
     /// Current view of a user (admin pages, login).
     pub fn user(&self, id: &str) -> Option<Arc<UserView>> {
         self.current().users.get(id).cloned()
@@ -380,14 +385,17 @@ fn live_user(view: &View, id: &str) -> Result<Arc<UserView>, AuthFailure> {
 }
 
 fn check_access(p: &Principal, r: &Resource) -> Result<(), AuthFailure> {
-    if r.access.is_open()
-        || r.access.users.iter().any(|u| *u == p.user.username)
-        || r.access.groups.iter().any(|g| p.user.groups.contains(g))
-    {
+    if may_use(&p.user, r) {
         Ok(())
     } else {
         Err(AuthFailure::Forbidden)
     }
+}
+
+fn may_use(u: &UserView, r: &Resource) -> bool {
+    r.access.is_open()
+        || r.access.users.iter().any(|x| *x == u.username)
+        || r.access.groups.iter().any(|g| u.groups.contains(g))
 }
 
 pub fn is_api_token(token: &str) -> bool {

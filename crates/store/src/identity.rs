@@ -1001,3 +1001,35 @@ async fn revoke_everything(tx: &mut Transaction<'_, Sqlite>, user_id: &str, reas
     emit(tx, "user", user_id).await?;
     Ok(())
 }
+
+impl Store {
+    /// The browser approved the client on the consent page.
+    pub async fn mark_consented(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE auth_requests SET idp = 'consented' WHERE id = ? AND idp IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record that a person logged in through an IdP (first login links the
+    /// account, e.g. one SCIM provisioned earlier).
+    pub async fn link_idp(&self, user_id: &str, idp: &str, subject: &str, email: Option<&str>, display_name: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE users SET idp = ?, idp_subject = ?, email = COALESCE(?, email),
+                display_name = COALESCE(?, display_name), updated_at = ? WHERE id = ?",
+        )
+        .bind(idp)
+        .bind(subject)
+        .bind(email)
+        .bind(display_name)
+        .bind(now())
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        emit(&mut tx, "user", user_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

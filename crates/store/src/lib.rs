@@ -6,6 +6,7 @@
 //! (upstream header and environment values) are never written here in clear.
 
 pub mod identity;
+pub mod identity_admin;
 
 use portcullis_config::{Config, Upstream};
 use sha2::{Digest, Sha256};

@@ -1,0 +1,107 @@
+//! The resource-server edge: every request to an MCP endpoint carries a bearer
+//! token for that virtual server, checked on every request (not only at session
+//! start). Failures answer 401/403 with the RFC 9728 challenge; streams end when
+//! their principal loses access.
+
+use crate::Gateway;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode};
+use portcullis_identity::{AuthFailure, Identity, Principal};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The virtual server a request path addresses, if any.
+fn vs_of<'a>(gw: &'a Gateway, path: &'a str) -> Option<&'a str> {
+    match path {
+        "/mcp" | "/sse" | "/messages" => gw.default_vs.as_deref(),
+        _ => {
+            let rest = path.strip_prefix("/mcp/")?;
+            Some(rest.split('/').next().unwrap_or(rest))
+        }
+    }
+}
+
+pub(crate) async fn require_token(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+    let Some(identity) = gw.identity.clone() else {
+        return next.run(req).await;
+    };
+    let Some(vs) = vs_of(&gw, req.uri().path()).map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    if identity.resource(&vs).is_none() {
+        // Unknown virtual server: the handler answers 404.
+        return next.run(req).await;
+    }
+    let authz = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match identity.authenticate(authz, &vs) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::info!(virtual_server = %vs, reason = %why, "request refused");
+            return challenge(&identity, &vs, &why);
+        }
+    };
+    req.extensions_mut().insert(principal.clone());
+    let resp = next.run(req).await;
+    let streaming = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if !streaming {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let lost = lost_access(identity, principal, vs);
+    let guarded = body.into_data_stream().take_until(lost);
+    Response::from_parts(parts, Body::from_stream(guarded))
+}
+
+/// Resolves when the principal no longer may use `vs` (token revoked, user
+/// disabled or removed from the group that granted access).
+async fn lost_access(identity: Arc<Identity>, p: Principal, vs: String) {
+    let mut changes = p.user.changes.subscribe();
+    loop {
+        if changes.changed().await.is_err() {
+            // The user vanished from the view entirely.
+            return;
+        }
+        if !identity.still_allowed(&p, &vs) {
+            tracing::info!(virtual_server = %vs, user = %p.user.username, "closing stream: access revoked");
+            return;
+        }
+    }
+}
+
+fn challenge(identity: &Identity, vs: &str, why: &AuthFailure) -> Response {
+    let metadata = identity.resource_metadata_url(vs);
+    let mut value = format!("Bearer resource_metadata=\"{metadata}\", scope=\"mcp\"");
+    if let Some(err) = why.oauth_error() {
+        value.push_str(&format!(", error=\"{err}\", error_description=\"{why}\""));
+    }
+    let status = if why.is_forbidden() {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let body = json!({
+        "error": why.oauth_error().unwrap_or("invalid_request"),
+        "error_description": why.to_string(),
+    });
+    let mut r = crate::http::json_response(status, &body);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// Session owner key of a request's principal (`None` with authentication off).
+pub(crate) fn owner(p: &Option<axum::Extension<Principal>>) -> Option<&str> {
+    p.as_ref().map(|e| e.0.subject())
+}
