@@ -39,17 +39,27 @@ class Gateway:
     proc: subprocess.Popen
     data_dir: Path
     log_lines: list[str] = field(default_factory=list)
+    config_path: Path | None = None
 
     def url(self, vs: str) -> str:
         return f"{self.base}/mcp/{vs}"
+
+    def cli(self, *args: str, env: dict | None = None, input: str | None = None) -> str:
+        """Run `portcullis <args> --config <this gateway's config>`; returns stdout."""
+        r = subprocess.run([str(BINARY), *args, "--config", str(self.config_path)], cwd=ROOT,
+                           capture_output=True, text=True, input=input, timeout=60,
+                           env={**os.environ, "NO_COLOR": "1", **(env or {})})
+        assert r.returncode == 0, f"portcullis {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+        return r.stdout
 
     def log(self) -> str:
         return "".join(self.log_lines[-200:])
 
 
 @contextmanager
-def running_gateway(config: dict, *, timeout: float = 30.0, env: dict | None = None) -> Iterator[Gateway]:
-    port = free_port()
+def running_gateway(config: dict, *, timeout: float = 30.0, env: dict | None = None,
+                    port: int | None = None) -> Iterator[Gateway]:
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="pc-e2e-") as tmp:
         data_dir = Path(tmp) / "data"
         # Tests of the data plane run without authentication unless they ask for it.
@@ -65,7 +75,7 @@ def running_gateway(config: dict, *, timeout: float = 30.0, env: dict | None = N
             text=True,
             env={**os.environ, "PORTCULLIS_LOG": "info", "NO_COLOR": "1", **(env or {})},
         )
-        gw = Gateway(base=f"http://127.0.0.1:{port}", proc=proc, data_dir=data_dir)
+        gw = Gateway(base=f"http://127.0.0.1:{port}", proc=proc, data_dir=data_dir, config_path=cfg_path)
 
         def pump() -> None:
             assert proc.stdout is not None
