@@ -63,9 +63,13 @@ impl Store {
     /// Every (group id, user id) membership, for listing groups with their members
     /// in one query.
     pub async fn all_memberships(&self) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as("SELECT group_id, user_id FROM group_members ORDER BY group_id, user_id")
+        Ok(
+            sqlx::query_as(
+                "SELECT group_id, user_id FROM group_members ORDER BY group_id, user_id",
+            )
             .fetch_all(&self.pool)
-            .await?)
+            .await?,
+        )
     }
 
     /// (group id, display name) of every group a user belongs to.
