@@ -45,8 +45,17 @@ pub(crate) fn error_page(status: StatusCode, what: &str) -> Response {
 
 /// Send the browser back to the client with an OAuth error (RFC 6749 §4.1.2.1,
 /// `iss` per RFC 9207).
-pub(crate) fn fail_to_client(s: &AuthServer, p: &Params, error: &str, description: &str) -> Response {
-    let mut q = vec![("error", error), ("error_description", description), ("iss", s.issuer())];
+pub(crate) fn fail_to_client(
+    s: &AuthServer,
+    p: &Params,
+    error: &str,
+    description: &str,
+) -> Response {
+    let mut q = vec![
+        ("error", error),
+        ("error_description", description),
+        ("iss", s.issuer()),
+    ];
     if let Some(st) = &p.state {
         q.push(("state", st));
     }
@@ -66,10 +75,20 @@ pub(crate) async fn authorize(State(s): State<Arc<AuthServer>>, RawQuery(q): Raw
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };
     let redirect_uri = match get("redirect_uri") {
-        Some(r) if client.redirect_uris.iter().any(|x| *x == r) => r,
-        Some(_) => return error_page(StatusCode::BAD_REQUEST, "The redirect_uri is not registered for this client."),
+        Some(r) if client.redirect_uris.contains(&r) => r,
+        Some(_) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "The redirect_uri is not registered for this client.",
+            )
+        }
         None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
-        None => return error_page(StatusCode::BAD_REQUEST, "redirect_uri is required for this client."),
+        None => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "redirect_uri is required for this client.",
+            )
+        }
     };
     let mut p = Params {
         client_id: client.client_id.clone(),
@@ -82,25 +101,56 @@ pub(crate) async fn authorize(State(s): State<Arc<AuthServer>>, RawQuery(q): Raw
         vs: String::new(),
     };
     if get("response_type").as_deref() != Some("code") {
-        return fail_to_client(&s, &p, "unsupported_response_type", "response_type must be code");
+        return fail_to_client(
+            &s,
+            &p,
+            "unsupported_response_type",
+            "response_type must be code",
+        );
     }
     match (get("code_challenge"), get("code_challenge_method")) {
         (Some(c), Some(m)) if m == "S256" && c.len() == 43 => p.code_challenge = c,
         (Some(_), Some(m)) if m == "S256" => {
-            return fail_to_client(&s, &p, "invalid_request", "code_challenge must be 43 base64url characters")
+            return fail_to_client(
+                &s,
+                &p,
+                "invalid_request",
+                "code_challenge must be 43 base64url characters",
+            )
         }
-        _ => return fail_to_client(&s, &p, "invalid_request", "PKCE with code_challenge_method=S256 is required"),
+        _ => {
+            return fail_to_client(
+                &s,
+                &p,
+                "invalid_request",
+                "PKCE with code_challenge_method=S256 is required",
+            )
+        }
     }
     let Some(resource) = get("resource") else {
-        return fail_to_client(&s, &p, "invalid_target", "the resource parameter is required (RFC 8707)");
+        return fail_to_client(
+            &s,
+            &p,
+            "invalid_target",
+            "the resource parameter is required (RFC 8707)",
+        );
     };
     let Some(r) = s.identity.resource_by_uri(&resource) else {
-        return fail_to_client(&s, &p, "invalid_target", "resource is not a virtual server of this gateway");
+        return fail_to_client(
+            &s,
+            &p,
+            "invalid_target",
+            "resource is not a virtual server of this gateway",
+        );
     };
     p.resource = r.uri.clone();
     p.vs = r.vs.clone();
     let scope = get("scope").unwrap_or_else(|| "mcp".into());
-    if scope.split(' ').filter(|x| !x.is_empty()).any(|x| x != "mcp") {
+    if scope
+        .split(' ')
+        .filter(|x| !x.is_empty())
+        .any(|x| x != "mcp")
+    {
         return fail_to_client(&s, &p, "invalid_scope", "the only scope is \"mcp\"");
     }
     p.scope = "mcp".into();
@@ -118,7 +168,10 @@ pub(crate) async fn authorize(State(s): State<Arc<AuthServer>>, RawQuery(q): Raw
         tracing::error!(error = %e, "storing an authorization request failed");
         return fail_to_client(&s, &p, "server_error", "the request could not be stored");
     }
-    let mut r = html(StatusCode::OK, consent_page(&p, &row.id, &row.csrf, &client.kind));
+    let mut r = html(
+        StatusCode::OK,
+        consent_page(&p, &row.id, &row.csrf, &client.kind),
+    );
     web::set_cookie(&mut r, COOKIE, &row.csrf, "/oauth", s.secure_cookies());
     r
 }
@@ -128,7 +181,10 @@ fn consent_page(p: &Params, request: &str, csrf: &str, kind: &str) -> String {
         .ok()
         .and_then(|u| u.host_str().map(String::from))
         .unwrap_or_else(|| p.redirect_uri.clone());
-    let local = matches!(redirect_host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1");
+    let local = matches!(
+        redirect_host.as_str(),
+        "127.0.0.1" | "localhost" | "[::1]" | "::1"
+    );
     let mut body = format!(
         "<p><b>{name}</b> wants to use <b>{vs}</b> through Portcullis on your behalf.</p>\
 <div class=\"box\"><p>Client id: <code>{id}</code>{verified}</p><p>Access: tools, prompts and resources of <code>{resource}</code> (scope <code>{scope}</code>)</p>\
@@ -162,22 +218,38 @@ pub(crate) async fn pending(
     request: Option<&String>,
     csrf: Option<&String>,
 ) -> Result<(AuthRequestRow, Params), Response> {
-    let expired = || error_page(StatusCode::BAD_REQUEST, "This sign-in request is unknown or has expired.");
-    let Some(id) = request else { return Err(expired()) };
+    let expired = || {
+        error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in request is unknown or has expired.",
+        )
+    };
+    let Some(id) = request else {
+        return Err(expired());
+    };
     let row = match s.identity.store().auth_request(id).await {
         Ok(Some(r)) => r,
         _ => return Err(expired()),
     };
     let cookie = web::cookie(headers, COOKIE).unwrap_or_default();
     let form = csrf.cloned().unwrap_or_default();
-    if !(secrets::same(form.as_bytes(), row.csrf.as_bytes()) && secrets::same(cookie.as_bytes(), row.csrf.as_bytes())) {
-        return Err(error_page(StatusCode::FORBIDDEN, "This sign-in request did not come from this browser."));
+    if !(secrets::same(form.as_bytes(), row.csrf.as_bytes())
+        && secrets::same(cookie.as_bytes(), row.csrf.as_bytes()))
+    {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in request did not come from this browser.",
+        ));
     }
     let p: Params = serde_json::from_str(&row.params).map_err(|_| expired())?;
     Ok((row, p))
 }
 
-pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn consent(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Request too large.");
     };
@@ -191,24 +263,40 @@ pub(crate) async fn consent(State(s): State<Arc<AuthServer>>, headers: HeaderMap
         return fail_to_client(&s, &p, "access_denied", "the user denied the request");
     }
     if s.identity.store().mark_consented(&row.id).await.is_err() {
-        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Could not record consent.");
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Could not record consent.",
+        );
     }
     let local = s.identity.settings.local_login;
     let idps = s.idps.names();
     let q = [("request", row.id.as_str()), ("csrf", row.csrf.as_str())];
     match (idps.as_slice(), local) {
         ([], true) => redirect(&with_query(&format!("{}/oauth/local", s.issuer()), &q)),
-        ([only], false) => redirect(&with_query(&format!("{}/oauth/login/{only}", s.issuer()), &q)),
-        ([], false) => error_page(StatusCode::SERVICE_UNAVAILABLE, "No login method is configured on this gateway."),
+        ([only], false) => redirect(&with_query(
+            &format!("{}/oauth/login/{only}", s.issuer()),
+            &q,
+        )),
+        ([], false) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No login method is configured on this gateway.",
+        ),
         _ => {
             let mut body = String::from("<p>Choose how to sign in:</p>");
             for (name, label) in s.idps.labels() {
                 let href = with_query(&format!("{}/oauth/login/{name}", s.issuer()), &q);
-                body.push_str(&format!("<p><a href=\"{}\">Sign in with {}</a></p>", escape(&href), escape(&label)));
+                body.push_str(&format!(
+                    "<p><a href=\"{}\">Sign in with {}</a></p>",
+                    escape(&href),
+                    escape(&label)
+                ));
             }
             if local {
                 let href = with_query(&format!("{}/oauth/local", s.issuer()), &q);
-                body.push_str(&format!("<p><a href=\"{}\">Sign in with a local account</a></p>", escape(&href)));
+                body.push_str(&format!(
+                    "<p><a href=\"{}\">Sign in with a local account</a></p>",
+                    escape(&href)
+                ));
             }
             html(StatusCode::OK, page("Sign in", &body))
         }
@@ -222,7 +310,11 @@ fn consented(row: &AuthRequestRow) -> bool {
 fn login_form(action: &str, hidden: &[(&str, &str)], error: Option<&str>) -> String {
     let mut h = String::new();
     for (k, v) in hidden {
-        h.push_str(&format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)));
+        h.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+            escape(k),
+            escape(v)
+        ));
     }
     let err = error
         .map(|e| format!("<div class=\"box warn\"><p>{}</p></div>", escape(e)))
@@ -234,10 +326,17 @@ fn login_form(action: &str, hidden: &[(&str, &str)], error: Option<&str>) -> Str
     )
 }
 
-pub(crate) async fn local_form(State(s): State<Arc<AuthServer>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn local_form(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let q = parse_form(q.unwrap_or_default().as_bytes());
     if !s.identity.settings.local_login {
-        return error_page(StatusCode::NOT_FOUND, "Local accounts are disabled on this gateway.");
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Local accounts are disabled on this gateway.",
+        );
     }
     let (row, _) = match pending(&s, &headers, q.get("request"), q.get("csrf")).await {
         Ok(x) => x,
@@ -247,12 +346,22 @@ pub(crate) async fn local_form(State(s): State<Arc<AuthServer>>, headers: Header
         return error_page(StatusCode::FORBIDDEN, "Approve the application first.");
     }
     let hidden = [("request", row.id.as_str()), ("csrf", row.csrf.as_str())];
-    html(StatusCode::OK, page("Sign in", &login_form("/oauth/local", &hidden, None)))
+    html(
+        StatusCode::OK,
+        page("Sign in", &login_form("/oauth/local", &hidden, None)),
+    )
 }
 
-pub(crate) async fn local_login(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn local_login(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !s.identity.settings.local_login {
-        return error_page(StatusCode::NOT_FOUND, "Local accounts are disabled on this gateway.");
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Local accounts are disabled on this gateway.",
+        );
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Request too large.");
@@ -278,7 +387,10 @@ pub(crate) async fn local_login(State(s): State<Arc<AuthServer>>, headers: Heade
             let hidden = [("request", row.id.as_str()), ("csrf", row.csrf.as_str())];
             html(
                 StatusCode::UNAUTHORIZED,
-                page("Sign in", &login_form("/oauth/local", &hidden, Some("Wrong username or password."))),
+                page(
+                    "Sign in",
+                    &login_form("/oauth/local", &hidden, Some("Wrong username or password.")),
+                ),
             )
         }
         Err(e) => {
@@ -300,7 +412,12 @@ pub(crate) async fn issue_code(s: &AuthServer, p: &Params, user: &UserRow) -> Re
         .is_some_and(|u| u.active && s.identity.user_may_use(&u, &p.vs));
     if !allowed {
         tracing::info!(user = %user.username, virtual_server = %p.vs, "authorization denied: no access");
-        return fail_to_client(s, p, "access_denied", "you are not permitted to use this virtual server");
+        return fail_to_client(
+            s,
+            p,
+            "access_denied",
+            "you are not permitted to use this virtual server",
+        );
     }
     let code = web::random(32);
     let row = AuthCodeRow {
@@ -328,14 +445,23 @@ pub(crate) async fn issue_code(s: &AuthServer, p: &Params, user: &UserRow) -> Re
 /// `/login`: a person signs in to see their virtual servers and endpoints.
 pub(crate) async fn account_form(State(s): State<Arc<AuthServer>>) -> Response {
     if !s.identity.settings.local_login {
-        return error_page(StatusCode::NOT_FOUND, "Local accounts are disabled on this gateway.");
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Local accounts are disabled on this gateway.",
+        );
     }
-    html(StatusCode::OK, page("Sign in to Portcullis", &login_form("/login", &[], None)))
+    html(
+        StatusCode::OK,
+        page("Sign in to Portcullis", &login_form("/login", &[], None)),
+    )
 }
 
 pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) -> Response {
     if !s.identity.settings.local_login {
-        return error_page(StatusCode::NOT_FOUND, "Local accounts are disabled on this gateway.");
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Local accounts are disabled on this gateway.",
+        );
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Request too large.");
@@ -346,7 +472,10 @@ pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) 
     let Ok(Some(u)) = accounts::check_local_password(s.identity.store(), &user, &pw).await else {
         return html(
             StatusCode::UNAUTHORIZED,
-            page("Sign in to Portcullis", &login_form("/login", &[], Some("Wrong username or password."))),
+            page(
+                "Sign in to Portcullis",
+                &login_form("/login", &[], Some("Wrong username or password.")),
+            ),
         );
     };
     let _ = s.identity.refresh().await;
@@ -354,7 +483,10 @@ pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) 
     let mut servers: Vec<_> = s
         .identity
         .resources()
-        .filter(|r| view.as_ref().is_some_and(|v| s.identity.user_may_use(v, &r.vs)))
+        .filter(|r| {
+            view.as_ref()
+                .is_some_and(|v| s.identity.user_may_use(v, &r.vs))
+        })
         .collect();
     servers.sort_by(|a, b| a.vs.cmp(&b.vs));
     let mut body = format!(

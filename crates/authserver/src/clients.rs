@@ -53,7 +53,9 @@ pub(crate) async fn lookup(s: &AuthServer, client_id: &str) -> Result<Client, St
         .await
         .map_err(|_| "client lookup failed".to_string())?;
     if !is_url_client_id(client_id) {
-        return stored.map(from_row).ok_or_else(|| "unknown client_id".into());
+        return stored
+            .map(from_row)
+            .ok_or_else(|| "unknown client_id".into());
     }
     let cimd = &s.identity.settings.cimd;
     if !cimd.enabled {
@@ -61,7 +63,11 @@ pub(crate) async fn lookup(s: &AuthServer, client_id: &str) -> Result<Client, St
     }
     let now = portcullis_identity::now();
     if let Some(row) = stored {
-        if row.kind == "cimd" && row.fetched_at.is_some_and(|f| now - f < cimd.cache_secs as i64) {
+        if row.kind == "cimd"
+            && row
+                .fetched_at
+                .is_some_and(|f| now - f < cimd.cache_secs as i64)
+        {
             return Ok(from_row(row));
         }
     }
@@ -103,13 +109,22 @@ fn validate_document(url: &str, doc: &Value, now: i64) -> Result<ClientRow, Stri
     let redirect_uris = str_list(doc, "redirect_uris")
         .filter(|r| !r.is_empty())
         .ok_or("client metadata document: redirect_uris is required")?;
-    let app_type = doc.get("application_type").and_then(Value::as_str).unwrap_or("native");
+    let app_type = doc
+        .get("application_type")
+        .and_then(Value::as_str)
+        .unwrap_or("native");
     for r in &redirect_uris {
         check_redirect_uri(r, app_type)?;
     }
-    let method = doc.get("token_endpoint_auth_method").and_then(Value::as_str).unwrap_or("none");
+    let method = doc
+        .get("token_endpoint_auth_method")
+        .and_then(Value::as_str)
+        .unwrap_or("none");
     if method != "none" {
-        return Err("client metadata document: only token_endpoint_auth_method \"none\" is supported".into());
+        return Err(
+            "client metadata document: only token_endpoint_auth_method \"none\" is supported"
+                .into(),
+        );
     }
     Ok(ClientRow {
         client_id: url.to_owned(),
@@ -138,15 +153,24 @@ pub(crate) fn check_redirect_uri(r: &str, app_type: &str) -> Result<(), String> 
     let host = u.host_str().unwrap_or_default();
     match (app_type, u.scheme()) {
         ("web", "https") if !is_loopback_host(host) => Ok(()),
-        ("web", _) => Err(format!("redirect_uri {r:?}: web clients use https and a non-loopback host")),
+        ("web", _) => Err(format!(
+            "redirect_uri {r:?}: web clients use https and a non-loopback host"
+        )),
         ("native", "http") if is_loopback_host(host) => Ok(()),
         ("native", "https") => Ok(()),
-        ("native", "http") => Err(format!("redirect_uri {r:?}: http is allowed for loopback hosts only")),
+        ("native", "http") => Err(format!(
+            "redirect_uri {r:?}: http is allowed for loopback hosts only"
+        )),
         ("native", scheme) if scheme.contains('.') || scheme.len() > 3 => {
             // Private-use scheme (RFC 8252 §7.1), e.g. com.example.app:/cb;
             // never the dangerous pseudo-schemes.
-            if matches!(scheme, "javascript" | "data" | "file" | "vbscript" | "about" | "blob") {
-                Err(format!("redirect_uri {r:?}: scheme {scheme} is not allowed"))
+            if matches!(
+                scheme,
+                "javascript" | "data" | "file" | "vbscript" | "about" | "blob"
+            ) {
+                Err(format!(
+                    "redirect_uri {r:?}: scheme {scheme} is not allowed"
+                ))
             } else {
                 Ok(())
             }
@@ -163,7 +187,11 @@ fn reg_error(msg: &str) -> Response {
 /// `POST /oauth/register` (RFC 7591).
 pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Response {
     if !s.identity.settings.registration.enabled {
-        return oauth_error(StatusCode::FORBIDDEN, "access_denied", "dynamic client registration is disabled");
+        return oauth_error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "dynamic client registration is disabled",
+        );
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return reg_error("registration request too large");
@@ -175,13 +203,26 @@ pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Re
         return reg_error("registration request must be a JSON object");
     }
     if !s.take_registration() {
-        return oauth_error(StatusCode::TOO_MANY_REQUESTS, "slow_down", "too many registrations; retry in a minute");
+        return oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "too many registrations; retry in a minute",
+        );
     }
-    let Some(redirect_uris) = str_list(&req, "redirect_uris").filter(|r| !r.is_empty() && r.len() <= 10) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri", "redirect_uris: one to ten URLs required");
+    let Some(redirect_uris) =
+        str_list(&req, "redirect_uris").filter(|r| !r.is_empty() && r.len() <= 10)
+    else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "redirect_uris: one to ten URLs required",
+        );
     };
     // MCP clients are desktop, CLI and IDE apps: native unless they say otherwise.
-    let app_type = req.get("application_type").and_then(Value::as_str).unwrap_or("native");
+    let app_type = req
+        .get("application_type")
+        .and_then(Value::as_str)
+        .unwrap_or("native");
     for r in &redirect_uris {
         if let Err(e) = check_redirect_uri(r, app_type) {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri", &e);
@@ -191,11 +232,19 @@ pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Re
         .get("token_endpoint_auth_method")
         .and_then(Value::as_str)
         .unwrap_or("client_secret_basic");
-    if !matches!(method, "none" | "client_secret_basic" | "client_secret_post") {
-        return reg_error("token_endpoint_auth_method must be none, client_secret_basic or client_secret_post");
+    if !matches!(
+        method,
+        "none" | "client_secret_basic" | "client_secret_post"
+    ) {
+        return reg_error(
+            "token_endpoint_auth_method must be none, client_secret_basic or client_secret_post",
+        );
     }
     let grants = str_list(&req, "grant_types").unwrap_or_else(|| vec!["authorization_code".into()]);
-    if grants.iter().any(|g| g != "authorization_code" && g != "refresh_token") {
+    if grants
+        .iter()
+        .any(|g| g != "authorization_code" && g != "refresh_token")
+    {
         return reg_error("grant_types may contain authorization_code and refresh_token only");
     }
     let responses = str_list(&req, "response_types").unwrap_or_else(|| vec!["code".into()]);
@@ -226,7 +275,11 @@ pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Re
     };
     if let Err(e) = s.identity.store().upsert_client(&row).await {
         tracing::error!(error = %e, "storing a client registration failed");
-        return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "registration could not be stored");
+        return oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "registration could not be stored",
+        );
     }
     tracing::info!(client_id, client_name = %name, application_type = app_type, "client registered");
     let mut out = j!({
@@ -256,11 +309,19 @@ pub(crate) async fn authenticate(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| {
             let (id, sec) = s.split_once(':')?;
-            let dec = |x: &str| url::form_urlencoded::parse(format!("x={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            let dec = |x: &str| {
+                url::form_urlencoded::parse(format!("x={x}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
             Some((dec(id)?, dec(sec)?))
         });
     let invalid = |why: &str| {
@@ -282,7 +343,11 @@ pub(crate) async fn authenticate(
         (None, None) => return Err(invalid("client authentication required (client_id)")),
     };
     let client = lookup(s, &client_id).await.map_err(|e| invalid(&e))?;
-    match (client.auth_method.as_str(), client.secret_hash.as_deref(), secret) {
+    match (
+        client.auth_method.as_str(),
+        client.secret_hash.as_deref(),
+        secret,
+    ) {
         ("none", _, None) => Ok(client),
         ("none", _, Some(_)) => Err(invalid("this client is public and has no secret")),
         (_, Some(hash), Some(sec)) => {
@@ -317,11 +382,16 @@ mod tests {
     #[test]
     fn documents_are_checked() {
         let url = "https://client.example/meta.json";
-        let ok = j!({"client_id": url, "client_name": "C", "redirect_uris": ["http://127.0.0.1:9/cb"]});
+        let ok =
+            j!({"client_id": url, "client_name": "C", "redirect_uris": ["http://127.0.0.1:9/cb"]});
         assert_eq!(validate_document(url, &ok, 0).unwrap().kind, "cimd");
         let other = j!({"client_id": "https://evil.example/x", "client_name": "C", "redirect_uris": ["http://127.0.0.1:9/cb"]});
-        assert!(validate_document(url, &other, 0).unwrap_err().contains("equal"));
+        assert!(validate_document(url, &other, 0)
+            .unwrap_err()
+            .contains("equal"));
         let no_uris = j!({"client_id": url, "client_name": "C"});
-        assert!(validate_document(url, &no_uris, 0).unwrap_err().contains("redirect_uris"));
+        assert!(validate_document(url, &no_uris, 0)
+            .unwrap_err()
+            .contains("redirect_uris"));
     }
 }

@@ -33,7 +33,11 @@ impl Adapter {
         let a = advertised.trim_end_matches('/');
         match self {
             Adapter::Generic => c == a,
-            Adapter::Entra => c == a || a.contains("{tenantid}") && c.starts_with(a.split("{tenantid}").next().unwrap_or("")),
+            Adapter::Entra => {
+                c == a
+                    || a.contains("{tenantid}")
+                        && c.starts_with(a.split("{tenantid}").next().unwrap_or(""))
+            }
         }
     }
 
@@ -45,8 +49,17 @@ impl Adapter {
             }
         }
         match claims.get(claim)? {
-            Value::Array(a) => Some(a.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
-            Value::String(s) => Some(s.split([',', ' ']).filter(|x| !x.is_empty()).map(String::from).collect()),
+            Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
+            ),
+            Value::String(s) => Some(
+                s.split([',', ' '])
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -79,7 +92,14 @@ impl Idps {
                     IdpKind::Generic => Adapter::Generic,
                     IdpKind::Entra => Adapter::Entra,
                 };
-                (c.name.clone(), Arc::new(IdpRt { cfg: c.clone(), adapter, cache: Mutex::new(None) }))
+                (
+                    c.name.clone(),
+                    Arc::new(IdpRt {
+                        cfg: c.clone(),
+                        adapter,
+                        cache: Mutex::new(None),
+                    }),
+                )
             })
             .collect();
         Idps(map, cfg.iter().map(|c| c.name.clone()).collect())
@@ -93,13 +113,26 @@ impl Idps {
         self.1
             .iter()
             .filter_map(|n| self.0.get(n))
-            .map(|i| (i.cfg.name.clone(), i.cfg.display_name.clone().unwrap_or_else(|| i.cfg.name.clone())))
+            .map(|i| {
+                (
+                    i.cfg.name.clone(),
+                    i.cfg
+                        .display_name
+                        .clone()
+                        .unwrap_or_else(|| i.cfg.name.clone()),
+                )
+            })
             .collect()
     }
 }
 
 async fn get_json(s: &AuthServer, url: &str) -> Result<Value, String> {
-    let r = s.http.get(url).send().await.map_err(|e| format!("{url}: {}", e.without_url()))?;
+    let r = s
+        .http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", e.without_url()))?;
     if !r.status().is_success() {
         return Err(format!("{url} answered HTTP {}", r.status()));
     }
@@ -116,17 +149,34 @@ async fn discover(s: &AuthServer, idp: &IdpRt, force: bool) -> Result<Arc<Discov
     }
     let issuer = idp.cfg.issuer.trim_end_matches('/');
     let meta = get_json(s, &format!("{issuer}/.well-known/openid-configuration")).await?;
-    let advertised = meta.get("issuer").and_then(Value::as_str).unwrap_or_default();
+    let advertised = meta
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !idp.adapter.issuer_matches(issuer, advertised) {
-        return Err(format!("IdP metadata names issuer {advertised:?}, configured {issuer:?}"));
+        return Err(format!(
+            "IdP metadata names issuer {advertised:?}, configured {issuer:?}"
+        ));
     }
-    let field = |k: &str| meta.get(k).and_then(Value::as_str).map(String::from).ok_or(format!("IdP metadata lacks {k}"));
+    let field = |k: &str| {
+        meta.get(k)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or(format!("IdP metadata lacks {k}"))
+    };
     let jwks = get_json(s, &field("jwks_uri")?).await?;
     let d = Arc::new(Discovered {
         authorization_endpoint: field("authorization_endpoint")?,
         token_endpoint: field("token_endpoint")?,
-        jwks: jwks.get("keys").and_then(Value::as_array).cloned().unwrap_or_default(),
-        iss_supported: meta.get("authorization_response_iss_parameter_supported").and_then(Value::as_bool) == Some(true),
+        jwks: jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        iss_supported: meta
+            .get("authorization_response_iss_parameter_supported")
+            .and_then(Value::as_bool)
+            == Some(true),
         at: Instant::now(),
     });
     *idp.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.clone());
@@ -138,7 +188,12 @@ fn callback_url(s: &AuthServer) -> String {
 }
 
 /// `GET /oauth/login/<idp>`: after consent, send the browser to the IdP.
-pub(crate) async fn start(State(s): State<Arc<AuthServer>>, Path(name): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn start(
+    State(s): State<Arc<AuthServer>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let q = parse_form(q.unwrap_or_default().as_bytes());
     let Some(idp) = s.idps.0.get(&name).cloned() else {
         return error_page(StatusCode::NOT_FOUND, "Unknown identity provider.");
@@ -154,14 +209,27 @@ pub(crate) async fn start(State(s): State<Arc<AuthServer>>, Path(name): Path<Str
         Ok(d) => d,
         Err(e) => {
             tracing::error!(idp = %name, error = %e, "IdP discovery failed");
-            return fail_to_client(&s, &p, "temporarily_unavailable", "the identity provider is unreachable");
+            return fail_to_client(
+                &s,
+                &p,
+                "temporarily_unavailable",
+                "the identity provider is unreachable",
+            );
         }
     };
     let state = crate::web::random(24);
     let nonce = crate::web::random(24);
     let verifier = crate::web::random(48);
-    if s.identity.store().begin_idp_login(&row.id, &name, &state, &nonce, &verifier).await.is_err() {
-        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Could not start the sign-in.");
+    if s.identity
+        .store()
+        .begin_idp_login(&row.id, &name, &state, &nonce, &verifier)
+        .await
+        .is_err()
+    {
+        return error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Could not start the sign-in.",
+        );
     }
     let challenge = secrets::pkce_challenge(&verifier);
     let scope = idp.cfg.scopes.join(" ");
@@ -183,15 +251,26 @@ pub(crate) async fn start(State(s): State<Arc<AuthServer>>, Path(name): Path<Str
 pub(crate) async fn callback(State(s): State<Arc<AuthServer>>, RawQuery(q): RawQuery) -> Response {
     let q = parse_form(q.unwrap_or_default().as_bytes());
     let Some(state) = q.get("state").filter(|v| !v.is_empty()) else {
-        return error_page(StatusCode::BAD_REQUEST, "The identity provider's answer has no state.");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The identity provider's answer has no state.",
+        );
     };
     // Single use: the row is deleted as it is read.
     let row = match s.identity.store().take_by_idp_state(state).await {
         Ok(Some(r)) => r,
-        _ => return error_page(StatusCode::BAD_REQUEST, "This sign-in is unknown, expired or already used."),
+        _ => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in is unknown, expired or already used.",
+            )
+        }
     };
     let Ok(p) = serde_json::from_str::<Params>(&row.params) else {
-        return error_page(StatusCode::BAD_REQUEST, "This sign-in is unknown, expired or already used.");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, expired or already used.",
+        );
     };
     let name = row.idp.clone().unwrap_or_default();
     let Some(idp) = s.idps.0.get(&name).cloned() else {
@@ -208,7 +287,12 @@ pub(crate) async fn callback(State(s): State<Arc<AuthServer>>, RawQuery(q): RawQ
         }
         Err(Failure::Broken(why)) => {
             tracing::warn!(idp = %name, reason = %why, "login failed");
-            fail_to_client(&s, &p, "server_error", "sign-in with the identity provider failed")
+            fail_to_client(
+                &s,
+                &p,
+                "server_error",
+                "sign-in with the identity provider failed",
+            )
         }
     }
 }
@@ -229,15 +313,24 @@ async fn finish(
     // RFC 9207: a response from another issuer is a mix-up attack.
     match q.get("iss") {
         Some(iss) if !idp.adapter.issuer_matches(&idp.cfg.issuer, iss) => {
-            return Err(Failure::Denied("the answer came from another issuer".into()))
+            return Err(Failure::Denied(
+                "the answer came from another issuer".into(),
+            ))
         }
-        None if d.iss_supported => return Err(Failure::Denied("the answer lacks the iss parameter".into())),
+        None if d.iss_supported => {
+            return Err(Failure::Denied("the answer lacks the iss parameter".into()))
+        }
         _ => {}
     }
     if let Some(e) = q.get("error") {
-        return Err(Failure::Denied(format!("the identity provider refused: {e}")));
+        return Err(Failure::Denied(format!(
+            "the identity provider refused: {e}"
+        )));
     }
-    let code = q.get("code").filter(|c| !c.is_empty()).ok_or(Failure::Denied("no code".into()))?;
+    let code = q
+        .get("code")
+        .filter(|c| !c.is_empty())
+        .ok_or(Failure::Denied("no code".into()))?;
     let verifier = row.idp_verifier.clone().unwrap_or_default();
     let redirect_uri = callback_url(s);
     let form = [
@@ -247,8 +340,13 @@ async fn finish(
         ("code_verifier", verifier.as_str()),
     ];
     let enc = |x: &str| url::form_urlencoded::byte_serialize(x.as_bytes()).collect::<String>();
-    let mut req = s.http.post(&d.token_endpoint).header("accept", "application/json");
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let mut req = s
+        .http
+        .post(&d.token_endpoint)
+        .header("accept", "application/json");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
     req = match &idp.cfg.client_secret {
         Some(sec) => req.basic_auth(enc(&idp.cfg.client_id), Some(enc(sec))),
         None => req,
@@ -265,7 +363,10 @@ async fn finish(
         .await
         .map_err(|e| Failure::Broken(format!("token endpoint: {}", e.without_url())))?;
     let status = resp.status();
-    let tokens: Value = resp.json().await.map_err(|e| Failure::Broken(format!("token response: {e}")))?;
+    let tokens: Value = resp
+        .json()
+        .await
+        .map_err(|e| Failure::Broken(format!("token response: {e}")))?;
     if !status.is_success() {
         return Err(Failure::Broken(format!(
             "token endpoint answered {status}: {}",
@@ -276,15 +377,33 @@ async fn finish(
         .get("id_token")
         .and_then(Value::as_str)
         .ok_or(Failure::Broken("no id_token in the token response".into()))?;
-    let claims = verify_id_token(s, idp, id_token, row.idp_nonce.as_deref().unwrap_or_default()).await?;
+    let claims = verify_id_token(
+        s,
+        idp,
+        id_token,
+        row.idp_nonce.as_deref().unwrap_or_default(),
+    )
+    .await?;
     upsert_user(s, idp, &claims).await
 }
 
-async fn verify_id_token(s: &AuthServer, idp: &IdpRt, token: &str, nonce: &str) -> Result<Value, Failure> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| Failure::Broken("malformed id_token".into()))?;
+async fn verify_id_token(
+    s: &AuthServer,
+    idp: &IdpRt,
+    token: &str,
+    nonce: &str,
+) -> Result<Value, Failure> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Failure::Broken("malformed id_token".into()))?;
     if !matches!(
         header.alg,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::ES256 | Algorithm::ES384 | Algorithm::EdDSA
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::ES256
+            | Algorithm::ES384
+            | Algorithm::EdDSA
     ) {
         return Err(Failure::Broken("id_token algorithm not accepted".into()));
     }
@@ -302,14 +421,17 @@ async fn verify_id_token(s: &AuthServer, idp: &IdpRt, token: &str, nonce: &str) 
         None => {
             // The IdP may have rotated its keys.
             d = discover(s, idp, true).await.map_err(Failure::Broken)?;
-            find(&d).ok_or(Failure::Broken("id_token signed with an unknown key".into()))?
+            find(&d).ok_or(Failure::Broken(
+                "id_token signed with an unknown key".into(),
+            ))?
         }
     };
     let mut v = Validation::new(header.alg);
     v.set_audience(&[&idp.cfg.client_id]);
     v.leeway = 60;
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| Failure::Broken(format!("id_token rejected: {e}")))?;
+    let data = jsonwebtoken::decode::<Value>(token, &key, &v)
+        .map_err(|e| Failure::Broken(format!("id_token rejected: {e}")))?;
     let c = data.claims;
     let iss = c.get("iss").and_then(Value::as_str).unwrap_or_default();
     if !idp.adapter.issuer_matches(&idp.cfg.issuer, iss) {
@@ -339,10 +461,21 @@ async fn upsert_user(s: &AuthServer, idp: &IdpRt, c: &Value) -> Result<UserRow, 
         None => match store.user_by_username(&username).await.map_err(db)? {
             // Provisioned earlier (SCIM or an admin) and never linked: link it.
             Some(u) if u.idp_subject.is_none() && u.kind == "user" => {
-                store.link_idp(&u.id, name, sub, email, display).await.map_err(db)?;
-                store.user(&u.id).await.map_err(db)?.ok_or(Failure::Broken("user vanished".into()))?
+                store
+                    .link_idp(&u.id, name, sub, email, display)
+                    .await
+                    .map_err(db)?;
+                store
+                    .user(&u.id)
+                    .await
+                    .map_err(db)?
+                    .ok_or(Failure::Broken("user vanished".into()))?
             }
-            Some(_) => return Err(Failure::Denied(format!("the username {username:?} belongs to another account"))),
+            Some(_) => {
+                return Err(Failure::Denied(format!(
+                    "the username {username:?} belongs to another account"
+                )))
+            }
             None => store
                 .create_user(&NewUser {
                     kind: "user".into(),
@@ -361,7 +494,10 @@ async fn upsert_user(s: &AuthServer, idp: &IdpRt, c: &Value) -> Result<UserRow, 
         return Err(Failure::Denied("this account is disabled".into()));
     }
     if let Some(groups) = idp.adapter.groups(c, &idp.cfg.groups_claim) {
-        store.sync_user_groups(&user.id, &groups).await.map_err(db)?;
+        store
+            .sync_user_groups(&user.id, &groups)
+            .await
+            .map_err(db)?;
     }
     Ok(user)
 }

@@ -70,19 +70,37 @@ pub fn router(identity: Arc<Identity>) -> Router {
         registrations: Mutex::new((Instant::now(), 0)),
     });
     Router::new()
-        .route("/.well-known/oauth-authorization-server", get(metadata::authorization_server))
-        .route("/.well-known/openid-configuration", get(metadata::authorization_server))
-        .route("/.well-known/oauth-protected-resource", get(metadata::root_resource))
-        .route("/.well-known/oauth-protected-resource/mcp/{vs}", get(metadata::protected_resource))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::root_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{vs}",
+            get(metadata::protected_resource),
+        )
         .route("/oauth/jwks", get(metadata::jwks))
         .route("/oauth/authorize", get(authorize::authorize))
         .route("/oauth/consent", post(authorize::consent))
-        .route("/oauth/local", get(authorize::local_form).post(authorize::local_login))
+        .route(
+            "/oauth/local",
+            get(authorize::local_form).post(authorize::local_login),
+        )
         .route("/oauth/login/{idp}", get(idp::start))
         .route("/oauth/callback", get(idp::callback))
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(token::revoke))
         .route("/oauth/register", post(clients::register))
-        .route("/login", get(authorize::account_form).post(authorize::account_login))
+        .route(
+            "/login",
+            get(authorize::account_form).post(authorize::account_login),
+        )
         .with_state(state)
 }

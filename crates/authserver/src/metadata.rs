@@ -52,10 +52,15 @@ fn prm(s: &AuthServer, vs: &str) -> Option<Value> {
     }))
 }
 
-pub(crate) async fn protected_resource(State(s): State<Arc<AuthServer>>, Path(vs): Path<String>) -> Response {
+pub(crate) async fn protected_resource(
+    State(s): State<Arc<AuthServer>>,
+    Path(vs): Path<String>,
+) -> Response {
     match prm(&s, &vs) {
         Some(doc) => json(StatusCode::OK, &doc),
-        None => crate::web::oauth_error(StatusCode::NOT_FOUND, "not_found", "no such virtual server"),
+        None => {
+            crate::web::oauth_error(StatusCode::NOT_FOUND, "not_found", "no such virtual server")
+        }
     }
 }
 

@@ -70,10 +70,14 @@ pub async fn fetch_json(
     let port = u.port_or_known_default().unwrap_or(443);
     let insecure = u.scheme() == "http";
     if u.scheme() != "https" && !(insecure && allow_loopback_http) {
-        return Err(FetchError::Refused("client metadata documents must use https".into()));
+        return Err(FetchError::Refused(
+            "client metadata documents must use https".into(),
+        ));
     }
     if !u.username().is_empty() || u.password().is_some() || u.fragment().is_some() {
-        return Err(FetchError::Refused("URL must not carry credentials or a fragment".into()));
+        return Err(FetchError::Refused(
+            "URL must not carry credentials or a fragment".into(),
+        ));
     }
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -113,15 +117,21 @@ pub async fn fetch_json(
         .await
         .map_err(|e| FetchError::Failed(e.without_url().to_string()))?;
     if !resp.status().is_success() {
-        return Err(FetchError::Failed(format!("document answered HTTP {}", resp.status())));
+        return Err(FetchError::Failed(format!(
+            "document answered HTTP {}",
+            resp.status()
+        )));
     }
     let max_age = resp
         .headers()
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.split(',')
-                .find_map(|d| d.trim().strip_prefix("max-age=").and_then(|n| n.parse().ok()))
+            v.split(',').find_map(|d| {
+                d.trim()
+                    .strip_prefix("max-age=")
+                    .and_then(|n| n.parse().ok())
+            })
         });
     let mut body = Vec::new();
     while let Some(chunk) = resp
@@ -130,11 +140,14 @@ pub async fn fetch_json(
         .map_err(|e| FetchError::Failed(e.without_url().to_string()))?
     {
         if body.len() + chunk.len() > max_bytes {
-            return Err(FetchError::Refused(format!("document exceeds {max_bytes} bytes")));
+            return Err(FetchError::Refused(format!(
+                "document exceeds {max_bytes} bytes"
+            )));
         }
         body.extend_from_slice(&chunk);
     }
-    let v = serde_json::from_slice(&body).map_err(|e| FetchError::Refused(format!("document is not JSON: {e}")))?;
+    let v = serde_json::from_slice(&body)
+        .map_err(|e| FetchError::Refused(format!("document is not JSON: {e}")))?;
     Ok((v, max_age))
 }
 
@@ -145,9 +158,22 @@ mod tests {
     #[test]
     fn private_ranges_are_forbidden() {
         for a in [
-            "10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "224.0.0.1", "255.255.255.255", "::1", "fc00::1", "fd12::1", "fe80::1",
-            "::ffff:127.0.0.1", "::ffff:10.1.2.3", "::",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::",
         ] {
             assert!(is_forbidden(a.parse().unwrap()), "{a} must be forbidden");
         }
@@ -159,16 +185,26 @@ mod tests {
     #[tokio::test]
     async fn refuses_before_connecting() {
         let t = Duration::from_secs(1);
-        let e = fetch_json("http://example.com/c.json", 1000, t, false).await.unwrap_err();
+        let e = fetch_json("http://example.com/c.json", 1000, t, false)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("https"), "{e}");
-        let e = fetch_json("https://127.0.0.1/c.json", 1000, t, false).await.unwrap_err();
+        let e = fetch_json("https://127.0.0.1/c.json", 1000, t, false)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("private"), "{e}");
-        let e = fetch_json("https://[::ffff:169.254.169.254]/c.json", 1000, t, false).await.unwrap_err();
+        let e = fetch_json("https://[::ffff:169.254.169.254]/c.json", 1000, t, false)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("private"), "{e}");
-        let e = fetch_json("https://user:pw@8.8.8.8/c.json", 1000, t, false).await.unwrap_err();
+        let e = fetch_json("https://user:pw@8.8.8.8/c.json", 1000, t, false)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("credentials"), "{e}");
         // Loopback over http is only for development.
-        let e = fetch_json("http://127.0.0.1:9/c.json", 1000, t, false).await.unwrap_err();
+        let e = fetch_json("http://127.0.0.1:9/c.json", 1000, t, false)
+            .await
+            .unwrap_err();
         assert!(matches!(e, FetchError::Refused(_)), "{e}");
     }
 }

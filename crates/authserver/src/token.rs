@@ -19,12 +19,24 @@ fn invalid_grant(why: &str) -> Response {
 }
 
 fn server_error() -> Response {
-    oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
+    oauth_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the token could not be issued",
+    )
 }
 
-pub(crate) async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn token(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request too large");
+        return oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "request too large",
+        );
     };
     let f = parse_form(&bytes);
     let client = match clients::authenticate(&s, &headers, &f).await {
@@ -34,14 +46,30 @@ pub(crate) async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, 
     let get = |k: &str| f.get(k).filter(|v| !v.is_empty());
     match get("grant_type").map(String::as_str) {
         Some("authorization_code") => {}
-        Some("refresh_token") => return refresh(&s, &client, get("refresh_token"), get("resource")).await,
-        Some(_) => {
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type must be authorization_code or refresh_token")
+        Some("refresh_token") => {
+            return refresh(&s, &client, get("refresh_token"), get("resource")).await
         }
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be authorization_code or refresh_token",
+            )
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is required",
+            )
+        }
     }
     let (Some(code), Some(verifier)) = (get("code"), get("code_verifier")) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "code and code_verifier are required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code and code_verifier are required",
+        );
     };
     let code_hash = secrets::digest_hex(code);
     let c = match s.identity.store().redeem_code(&code_hash).await {
@@ -65,11 +93,17 @@ pub(crate) async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, 
     }
     let computed = secrets::pkce_challenge(verifier);
     if !secrets::same(computed.as_bytes(), c.code_challenge.as_bytes()) {
-        return invalid_grant("PKCE verification failed: code_verifier does not match code_challenge");
+        return invalid_grant(
+            "PKCE verification failed: code_verifier does not match code_challenge",
+        );
     }
     if let Some(r) = get("resource") {
         if s.identity.resource_by_uri(r).map(|x| x.uri.as_str()) != Some(c.resource.as_str()) {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_target", "resource differs from the authorization request");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource differs from the authorization request",
+            );
         }
     }
     let now = portcullis_identity::now();
@@ -84,8 +118,7 @@ pub(crate) async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, 
         revoked_at: None,
     };
     let refresh = secrets::random_token(secrets::REFRESH_PREFIX);
-    if s
-        .identity
+    if s.identity
         .store()
         .open_family(&family, Some(&code_hash), &secrets::digest_hex(&refresh))
         .await
@@ -97,7 +130,10 @@ pub(crate) async fn token(State(s): State<Arc<AuthServer>>, headers: HeaderMap, 
 }
 
 fn issue(s: &AuthServer, f: &FamilyRow, refresh: String) -> Response {
-    match s.identity.mint_access(&f.user_id, &f.client_id, &f.resource, &f.scope, &f.id) {
+    match s
+        .identity
+        .mint_access(&f.user_id, &f.client_id, &f.resource, &f.scope, &f.id)
+    {
         Ok((access, exp)) => json(
             StatusCode::OK,
             &j!({
@@ -115,9 +151,18 @@ fn issue(s: &AuthServer, f: &FamilyRow, refresh: String) -> Response {
     }
 }
 
-async fn refresh(s: &AuthServer, client: &clients::Client, token: Option<&String>, resource: Option<&String>) -> Response {
+async fn refresh(
+    s: &AuthServer,
+    client: &clients::Client,
+    token: Option<&String>,
+    resource: Option<&String>,
+) -> Response {
     let Some(token) = token else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
     };
     let next = secrets::random_token(secrets::REFRESH_PREFIX);
     let rotated = s
@@ -138,13 +183,21 @@ async fn refresh(s: &AuthServer, client: &clients::Client, token: Option<&String
     };
     if family.client_id != client.client_id {
         // Rotation already happened; revoke so a stolen token cannot be laundered.
-        let _ = s.identity.store().revoke_family(&family.id, "refresh token presented by another client").await;
+        let _ = s
+            .identity
+            .store()
+            .revoke_family(&family.id, "refresh token presented by another client")
+            .await;
         let _ = s.identity.refresh().await;
         return invalid_grant("the refresh token was issued to another client");
     }
     if let Some(r) = resource {
         if s.identity.resource_by_uri(r).map(|x| x.uri.as_str()) != Some(family.resource.as_str()) {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_target", "resource differs from the original grant");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource differs from the original grant",
+            );
         }
     }
     let active = s.identity.user(&family.user_id).is_some_and(|u| u.active);
@@ -156,9 +209,17 @@ async fn refresh(s: &AuthServer, client: &clients::Client, token: Option<&String
 
 /// RFC 7009: revoke a refresh token (its whole grant) or an access token (its
 /// grant too: access tokens name the grant they belong to).
-pub(crate) async fn revoke(State(s): State<Arc<AuthServer>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn revoke(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request too large");
+        return oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "request too large",
+        );
     };
     let f = parse_form(&bytes);
     let client = match clients::authenticate(&s, &headers, &f).await {
@@ -166,21 +227,33 @@ pub(crate) async fn revoke(State(s): State<Arc<AuthServer>>, headers: HeaderMap,
         Err(r) => return r,
     };
     let Some(token) = f.get("token").filter(|t| !t.is_empty()) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        );
     };
     let store = s.identity.store();
     let family = if token.starts_with(secrets::REFRESH_PREFIX) {
-        store.family_of_refresh(&secrets::digest_hex(token)).await.ok().flatten()
+        store
+            .family_of_refresh(&secrets::digest_hex(token))
+            .await
+            .ok()
+            .flatten()
     } else {
         let claims = token.split('.').nth(1).and_then(|p| {
             use base64::Engine;
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()?;
             serde_json::from_slice::<portcullis_identity::AccessClaims>(&raw).ok()
         });
         // Only a token this client holds can be revoked by it; the signature is
         // not needed for that (a forged token names a grant the client owns or
         // the check below fails).
-        claims.filter(|c| c.client_id == client.client_id).map(|c| c.sid)
+        claims
+            .filter(|c| c.client_id == client.client_id)
+            .map(|c| c.sid)
     };
     if let Some(fid) = family {
         let owned = store

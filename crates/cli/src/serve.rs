@@ -3,8 +3,8 @@
 use anyhow::{bail, Context};
 use axum::serve::ListenerExt;
 use portcullis_config::{AuthMode, Config};
-use portcullis_identity::Identity;
 use portcullis_gateway::{Gateway, HostPolicy};
+use portcullis_identity::Identity;
 use portcullis_store::{Applied, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,7 +56,9 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         id.spawn_watcher(CHANGE_FEED_POLL);
         Some(id)
     } else {
-        tracing::warn!("authentication is OFF (auth.mode: off): anyone on this machine can call every tool");
+        tracing::warn!(
+            "authentication is OFF (auth.mode: off): anyone on this machine can call every tool"
+        );
         None
     };
     let gateway = Gateway::new(
@@ -84,8 +86,7 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     }
     let mut app = gateway.router();
     if let Some(id) = &identity {
-        app = app
-            .merge(portcullis_authserver::router(id.clone()));
+        app = app.merge(portcullis_authserver::router(id.clone()));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = extra

@@ -198,7 +198,9 @@ fn validate_auth(auth: &crate::Auth) -> Result<(), ConfigError> {
         }
     }
     if let Some(issuer) = &auth.issuer {
-        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) || issuer.ends_with('/') {
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+            || issuer.ends_with('/')
+        {
             return Err(invalid(
                 "auth.issuer must be an http(s) URL without a trailing slash".into(),
             ));

@@ -25,7 +25,11 @@ fn vs_of<'a>(gw: &'a Gateway, path: &'a str) -> Option<&'a str> {
     }
 }
 
-pub(crate) async fn require_token(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(gw): State<Arc<Gateway>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(identity) = gw.identity.clone() else {
         return next.run(req).await;
     };

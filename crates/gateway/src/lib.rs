@@ -27,8 +27,8 @@ mod vserver;
 pub use edge::HostPolicy;
 
 use binding::Binding;
-use portcullis_identity::Identity;
 use portcullis_config::{Config, Limits};
+use portcullis_identity::Identity;
 use portcullis_protocol::cursor::CursorCodec;
 use portcullis_protocol::era::Era;
 use portcullis_upstream::{UpstreamError, UpstreamHandle};
@@ -111,7 +111,9 @@ impl Gateway {
                 return;
             };
             for s in gw.sessions.owned_by(users) {
-                let Some(owner) = s.owner.as_deref() else { continue };
+                let Some(owner) = s.owner.as_deref() else {
+                    continue;
+                };
                 let still = identity
                     .user(owner)
                     .is_some_and(|u| u.active && identity.user_may_use(&u, &s.binding.vs.name));

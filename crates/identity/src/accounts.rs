@@ -10,7 +10,10 @@ use portcullis_store::Store;
 /// Create the first signing key, or rotate when the current one is too old.
 pub async fn ensure_signing_key(store: &Store, rotation_days: u64) -> Result<(), IdentityError> {
     let keys = store.signing_keys().await?;
-    let active = keys.iter().filter(|k| k.retired_at.is_none()).max_by_key(|k| k.created_at);
+    let active = keys
+        .iter()
+        .filter(|k| k.retired_at.is_none())
+        .max_by_key(|k| k.created_at);
     let due = match active {
         None => true,
         Some(k) => rotation_days > 0 && now() - k.created_at > rotation_days as i64 * 86_400,
@@ -31,12 +34,21 @@ pub async fn rotate_signing_key(store: &Store) -> Result<String, IdentityError> 
 }
 
 /// Create or update a local (password) user.
-pub async fn upsert_local_user(store: &Store, username: &str, password: &str, admin: bool) -> Result<UserRow, IdentityError> {
+pub async fn upsert_local_user(
+    store: &Store,
+    username: &str,
+    password: &str,
+    admin: bool,
+) -> Result<UserRow, IdentityError> {
     if username.trim().is_empty() || username.len() > 128 {
-        return Err(IdentityError::Invalid("username must be 1-128 characters".into()));
+        return Err(IdentityError::Invalid(
+            "username must be 1-128 characters".into(),
+        ));
     }
     if password.chars().count() < 12 {
-        return Err(IdentityError::Invalid("password must have at least 12 characters".into()));
+        return Err(IdentityError::Invalid(
+            "password must have at least 12 characters".into(),
+        ));
     }
     let pw = password.to_owned();
     let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&pw))
@@ -45,7 +57,9 @@ pub async fn upsert_local_user(store: &Store, username: &str, password: &str, ad
         .map_err(IdentityError::Invalid)?;
     if let Some(u) = store.user_by_username(username).await? {
         if u.idp.as_deref() != Some("local") {
-            return Err(IdentityError::Invalid(format!("{username:?} exists and is not a local user")));
+            return Err(IdentityError::Invalid(format!(
+                "{username:?} exists and is not a local user"
+            )));
         }
         let patch = portcullis_store::identity::UserPatch {
             password_hash: Some(hash),
@@ -72,7 +86,11 @@ pub async fn upsert_local_user(store: &Store, username: &str, password: &str, ad
 
 /// Check a local user's password; `None` when the user is unknown, disabled or
 /// the password is wrong (the caller cannot tell which).
-pub async fn check_local_password(store: &Store, username: &str, password: &str) -> Result<Option<UserRow>, IdentityError> {
+pub async fn check_local_password(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<Option<UserRow>, IdentityError> {
     let user = store.user_by_username(username).await?;
     let phc = user
         .as_ref()
@@ -87,7 +105,11 @@ pub async fn check_local_password(store: &Store, username: &str, password: &str)
     Ok(user.filter(|u| ok && u.active && u.idp.as_deref() == Some("local")))
 }
 
-pub async fn create_service_account(store: &Store, name: &str, owner_id: Option<&str>) -> Result<UserRow, IdentityError> {
+pub async fn create_service_account(
+    store: &Store,
+    name: &str,
+    owner_id: Option<&str>,
+) -> Result<UserRow, IdentityError> {
     if store.user_by_username(name).await?.is_some() {
         return Err(IdentityError::Invalid(format!("{name:?} already exists")));
     }
@@ -105,10 +127,15 @@ pub async fn create_service_account(store: &Store, name: &str, owner_id: Option<
 /// Valid scope strings for API tokens.
 pub fn check_scopes(scopes: &[String]) -> Result<(), IdentityError> {
     if scopes.is_empty() {
-        return Err(IdentityError::Invalid("a token needs at least one scope".into()));
+        return Err(IdentityError::Invalid(
+            "a token needs at least one scope".into(),
+        ));
     }
     for s in scopes {
-        let ok = s == "admin" || s == "scim" || s == "vs:*" || s.strip_prefix("vs:").is_some_and(|v| !v.is_empty());
+        let ok = s == "admin"
+            || s == "scim"
+            || s == "vs:*"
+            || s.strip_prefix("vs:").is_some_and(|v| !v.is_empty());
         if !ok {
             return Err(IdentityError::Invalid(format!(
                 "unknown scope {s:?}: use vs:<virtual server>, vs:*, admin or scim"
@@ -130,7 +157,10 @@ pub async fn create_api_token(
 ) -> Result<(ApiTokenRow, String), IdentityError> {
     check_scopes(scopes)?;
     if !user.active {
-        return Err(IdentityError::Invalid(format!("{:?} is disabled", user.username)));
+        return Err(IdentityError::Invalid(format!(
+            "{:?} is disabled",
+            user.username
+        )));
     }
     let days = ttl_days.unwrap_or(max_ttl_days.min(90));
     if days == 0 || days > max_ttl_days {

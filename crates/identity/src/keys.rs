@@ -32,7 +32,8 @@ pub fn generate_key(now: i64) -> Result<KeyRow, String> {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| e.to_string())?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| e.to_string())?;
     let public = pair.public_key().as_ref();
-    let kid = crate::secrets::hex(&ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]);
+    let kid =
+        crate::secrets::hex(&ring::digest::digest(&ring::digest::SHA256, public).as_ref()[..8]);
     Ok(KeyRow {
         kid,
         alg: "EdDSA".into(),
@@ -61,8 +62,10 @@ impl KeySet {
                 continue;
             };
             verifiers.insert(r.kid.clone(), DecodingKey::from_ed_der(&public));
-            jwk.push(json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
-                            "kid": r.kid, "x": r.public_raw}));
+            jwk.push(
+                json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
+                            "kid": r.kid, "x": r.public_raw}),
+            );
             if r.retired_at.is_none() {
                 if let Ok(der) = STANDARD.decode(&r.private_der) {
                     signer = Some((r.kid.clone(), EncodingKey::from_ed_der(&der)));
@@ -152,7 +155,10 @@ mod tests {
         let set1 = KeySet::from_rows(std::slice::from_ref(&k1));
         let t1 = set1.sign(&claims(now + 60)).unwrap();
         assert_eq!(set1.verify(&t1, "http://gw").unwrap().sub, "u1");
-        assert_eq!(set1.verify(&t1, "http://other").unwrap_err(), VerifyError::WrongIssuer);
+        assert_eq!(
+            set1.verify(&t1, "http://other").unwrap_err(),
+            VerifyError::WrongIssuer
+        );
         // After rotation the old key still verifies, the new one signs.
         let mut old = k1.clone();
         old.retired_at = Some(now);
@@ -160,14 +166,23 @@ mod tests {
         let set2 = KeySet::from_rows(&[old, k2.clone()]);
         assert!(set2.verify(&t1, "http://gw").is_ok());
         let t2 = set2.sign(&claims(now + 60)).unwrap();
-        assert_eq!(set1.verify(&t2, "http://gw").unwrap_err(), VerifyError::UnknownKey);
+        assert_eq!(
+            set1.verify(&t2, "http://gw").unwrap_err(),
+            VerifyError::UnknownKey
+        );
         assert_eq!(set2.jwks()["keys"].as_array().unwrap().len(), 2);
         // Expired and tampered tokens fail.
         let t3 = set2.sign(&claims(1000)).unwrap();
-        assert_eq!(set2.verify(&t3, "http://gw").unwrap_err(), VerifyError::Expired);
+        assert_eq!(
+            set2.verify(&t3, "http://gw").unwrap_err(),
+            VerifyError::Expired
+        );
         let mut parts: Vec<&str> = t2.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(now + 9999)).unwrap());
         parts[1] = &forged;
-        assert_eq!(set2.verify(&parts.join("."), "http://gw").unwrap_err(), VerifyError::BadSignature);
+        assert_eq!(
+            set2.verify(&parts.join("."), "http://gw").unwrap_err(),
+            VerifyError::BadSignature
+        );
     }
 }

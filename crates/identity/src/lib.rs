@@ -145,7 +145,10 @@ impl Identity {
 
     /// PRM URL for a virtual server (RFC 9728, path-inserted).
     pub fn resource_metadata_url(&self, vs: &str) -> String {
-        format!("{}/.well-known/oauth-protected-resource/mcp/{vs}", self.issuer)
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp/{vs}",
+            self.issuer
+        )
     }
 
     fn current(&self) -> Arc<View> {
@@ -157,7 +160,11 @@ impl Identity {
     }
 
     /// Resolve the `Authorization` header of a request to `vs`. No I/O.
-    pub fn authenticate(&self, authorization: Option<&str>, vs: &str) -> Result<Principal, AuthFailure> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        vs: &str,
+    ) -> Result<Principal, AuthFailure> {
         let token = bearer(authorization).ok_or(AuthFailure::Missing)?;
         let view = self.current();
         let resource = self.resources.get(vs).ok_or(AuthFailure::WrongAudience)?;
@@ -176,7 +183,12 @@ impl Identity {
         self.resolve(&self.current(), token, None)
     }
 
-    fn resolve(&self, view: &View, token: &str, resource: Option<&Resource>) -> Result<Principal, AuthFailure> {
+    fn resolve(
+        &self,
+        view: &View,
+        token: &str,
+        resource: Option<&Resource>,
+    ) -> Result<Principal, AuthFailure> {
         let now = now();
         if is_api_token(token) {
             let t = view
@@ -277,7 +289,14 @@ impl Identity {
     }
 
     /// Sign an access token for `user` at `resource`.
-    pub fn mint_access(&self, user_id: &str, client_id: &str, resource: &str, scope: &str, family: &str) -> Result<(String, i64), IdentityError> {
+    pub fn mint_access(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        resource: &str,
+        scope: &str,
+        family: &str,
+    ) -> Result<(String, i64), IdentityError> {
         let iat = now();
         let exp = iat + self.settings.access_token_ttl_secs as i64;
         let claims = AccessClaims {
@@ -291,7 +310,11 @@ impl Identity {
             scope: scope.to_owned(),
             sid: family.to_owned(),
         };
-        let token = self.current().keys.sign(&claims).map_err(IdentityError::Key)?;
+        let token = self
+            .current()
+            .keys
+            .sign(&claims)
+            .map_err(IdentityError::Key)?;
         Ok((token, exp))
     }
 
@@ -322,7 +345,10 @@ impl Identity {
         users.sort();
         users.dedup();
         if events.iter().any(|e| e.kind == "keys") {
-            self.verified.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
         self.reload_locked(&users).await
     }
@@ -352,7 +378,12 @@ impl Identity {
                 }
             }
         }
-        for l in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             l(changed);
         }
         Ok(())
@@ -394,7 +425,7 @@ fn check_access(p: &Principal, r: &Resource) -> Result<(), AuthFailure> {
 
 fn may_use(u: &UserView, r: &Resource) -> bool {
     r.access.is_open()
-        || r.access.users.iter().any(|x| *x == u.username)
+        || r.access.users.contains(&u.username)
         || r.access.groups.iter().any(|g| u.groups.contains(g))
 }
 

@@ -102,7 +102,7 @@ pub enum AuthFailure {
     Expired,
     #[error("token is not valid for this resource")]
     WrongAudience,
-    #[error("token revoked")]
+    #[error("token unknown or revoked")]
     Revoked,
     #[error("account disabled")]
     Disabled,

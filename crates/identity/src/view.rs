@@ -87,7 +87,11 @@ impl View {
             users,
             tokens,
             token_ids,
-            revoked_families: snap.revoked_families.into_iter().map(|(id, _)| id).collect(),
+            revoked_families: snap
+                .revoked_families
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
             keys: KeySet::from_rows(&snap.keys),
         }
     }

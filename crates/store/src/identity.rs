@@ -156,7 +156,9 @@ pub struct EventRow {
 pub enum Redeemed {
     Fresh(AuthCodeRow),
     /// The code was already used: the family it produced has been revoked.
-    Replayed { family_id: Option<String> },
+    Replayed {
+        family_id: Option<String>,
+    },
     Unknown,
 }
 
@@ -165,7 +167,9 @@ pub enum Redeemed {
 pub enum Rotated {
     Fresh(FamilyRow),
     /// A spent token came back: the whole family is now revoked.
-    Reused { family_id: String },
+    Reused {
+        family_id: String,
+    },
     Revoked,
     Unknown,
 }
@@ -182,7 +186,11 @@ pub struct Snapshot {
     pub last_event: i64,
 }
 
-async fn emit(tx: &mut Transaction<'_, Sqlite>, kind: &str, subject: &str) -> Result<(), StoreError> {
+async fn emit(
+    tx: &mut Transaction<'_, Sqlite>,
+    kind: &str,
+    subject: &str,
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO identity_events (kind, subject, at) VALUES (?, ?, ?)")
         .bind(kind)
         .bind(subject)
@@ -224,24 +232,34 @@ impl Store {
         .await?;
         emit(&mut tx, "user", &id).await?;
         tx.commit().await?;
-        self.user(&id).await?.ok_or(StoreError::Db(sqlx::Error::RowNotFound))
+        self.user(&id)
+            .await?
+            .ok_or(StoreError::Db(sqlx::Error::RowNotFound))
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn user_by_username(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE username = ?"))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE username = ?"))
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
-    pub async fn user_by_idp(&self, idp: &str, subject: &str) -> Result<Option<UserRow>, StoreError> {
+    pub async fn user_by_idp(
+        &self,
+        idp: &str,
+        subject: &str,
+    ) -> Result<Option<UserRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {USER_COLS} FROM users WHERE idp = ? AND idp_subject = ?"
         ))
@@ -251,11 +269,16 @@ impl Store {
         .await?)
     }
 
-    pub async fn user_by_external_id(&self, external_id: &str) -> Result<Option<UserRow>, StoreError> {
-        Ok(sqlx::query_as(&format!("SELECT {USER_COLS} FROM users WHERE external_id = ?"))
-            .bind(external_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn user_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {USER_COLS} FROM users WHERE external_id = ?"
+        ))
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn users(&self, kind: Option<&str>) -> Result<Vec<UserRow>, StoreError> {
@@ -268,7 +291,11 @@ impl Store {
     }
 
     /// Apply a patch; deactivation also revokes every credential the user holds.
-    pub async fn update_user(&self, id: &str, p: &UserPatch) -> Result<Option<UserRow>, StoreError> {
+    pub async fn update_user(
+        &self,
+        id: &str,
+        p: &UserPatch,
+    ) -> Result<Option<UserRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?")
             .bind(id)
@@ -336,7 +363,11 @@ impl Store {
 
     // ---- groups ----
 
-    pub async fn create_group(&self, name: &str, external_id: Option<&str>) -> Result<GroupRow, StoreError> {
+    pub async fn create_group(
+        &self,
+        name: &str,
+        external_id: Option<&str>,
+    ) -> Result<GroupRow, StoreError> {
         let id = new_id();
         let ts = now();
         sqlx::query(
@@ -349,7 +380,9 @@ impl Store {
         .bind(ts)
         .execute(&self.pool)
         .await?;
-        self.group(&id).await?.ok_or(StoreError::Db(sqlx::Error::RowNotFound))
+        self.group(&id)
+            .await?
+            .ok_or(StoreError::Db(sqlx::Error::RowNotFound))
     }
 
     pub async fn group(&self, id: &str) -> Result<Option<GroupRow>, StoreError> {
@@ -360,10 +393,12 @@ impl Store {
     }
 
     pub async fn group_by_name(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM groups WHERE display_name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM groups WHERE display_name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
@@ -373,10 +408,12 @@ impl Store {
     }
 
     pub async fn group_member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
-            .bind(group_id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id",
+        )
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Group names of a user, sorted.
@@ -390,7 +427,12 @@ impl Store {
         .await?)
     }
 
-    pub async fn rename_group(&self, id: &str, name: &str, external_id: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn rename_group(
+        &self,
+        id: &str,
+        name: &str,
+        external_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE groups SET display_name = ?, external_id = COALESCE(?, external_id), updated_at = ? WHERE id = ?",
@@ -420,7 +462,12 @@ impl Store {
     }
 
     /// Add and remove members in one transaction; each affected user gets an event.
-    pub async fn change_members(&self, group_id: &str, add: &[String], remove: &[String]) -> Result<(), StoreError> {
+    pub async fn change_members(
+        &self,
+        group_id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for u in add {
             sqlx::query("INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)")
@@ -450,14 +497,25 @@ impl Store {
     /// Replace a group's members.
     pub async fn set_members(&self, group_id: &str, members: &[String]) -> Result<(), StoreError> {
         let current = self.group_member_ids(group_id).await?;
-        let add: Vec<String> = members.iter().filter(|m| !current.contains(m)).cloned().collect();
-        let remove: Vec<String> = current.into_iter().filter(|c| !members.contains(c)).collect();
+        let add: Vec<String> = members
+            .iter()
+            .filter(|m| !current.contains(m))
+            .cloned()
+            .collect();
+        let remove: Vec<String> = current
+            .into_iter()
+            .filter(|c| !members.contains(c))
+            .collect();
         self.change_members(group_id, &add, &remove).await
     }
 
     /// Make a user's groups exactly `names` (IdP login with a groups claim), creating
     /// groups that do not exist yet.
-    pub async fn sync_user_groups(&self, user_id: &str, names: &[String]) -> Result<(), StoreError> {
+    pub async fn sync_user_groups(
+        &self,
+        user_id: &str,
+        names: &[String],
+    ) -> Result<(), StoreError> {
         let current = self.user_group_names(user_id).await?;
         let mut want = names.to_vec();
         want.sort();
@@ -471,10 +529,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for name in &want {
-            let gid: Option<String> = sqlx::query_scalar("SELECT id FROM groups WHERE display_name = ?")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let gid: Option<String> =
+                sqlx::query_scalar("SELECT id FROM groups WHERE display_name = ?")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let gid = match gid {
                 Some(g) => g,
                 None => {
@@ -585,16 +644,20 @@ impl Store {
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM oauth_clients WHERE client_id = ?")
-            .bind(client_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM oauth_clients WHERE client_id = ?")
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn clients(&self) -> Result<Vec<ClientRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM oauth_clients ORDER BY created_at, client_id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM oauth_clients ORDER BY created_at, client_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Delete a client and revoke every grant it holds.
@@ -638,11 +701,13 @@ impl Store {
     }
 
     pub async fn auth_request(&self, id: &str) -> Result<Option<AuthRequestRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM auth_requests WHERE id = ? AND expires_at >= ?")
-            .bind(id)
-            .bind(now())
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM auth_requests WHERE id = ? AND expires_at >= ?")
+                .bind(id)
+                .bind(now())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// After consent: remember the single-use state sent to the IdP.
@@ -668,7 +733,10 @@ impl Store {
     }
 
     /// Take (and delete) the request an IdP callback's state names.
-    pub async fn take_by_idp_state(&self, state: &str) -> Result<Option<AuthRequestRow>, StoreError> {
+    pub async fn take_by_idp_state(
+        &self,
+        state: &str,
+    ) -> Result<Option<AuthRequestRow>, StoreError> {
         Ok(sqlx::query_as(
             "DELETE FROM auth_requests WHERE idp_state = ? AND expires_at >= ? RETURNING *",
         )
@@ -723,10 +791,11 @@ impl Store {
             tx.commit().await?;
             return Ok(Redeemed::Fresh(c));
         }
-        let spent: Option<AuthCodeRow> = sqlx::query_as("SELECT * FROM auth_codes WHERE code_hash = ?")
-            .bind(code_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let spent: Option<AuthCodeRow> =
+            sqlx::query_as("SELECT * FROM auth_codes WHERE code_hash = ?")
+                .bind(code_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(spent) = spent else {
             tx.commit().await?;
             return Ok(Redeemed::Unknown);
@@ -741,7 +810,12 @@ impl Store {
     }
 
     /// Open a token family for a redeemed code and store its first refresh token.
-    pub async fn open_family(&self, f: &FamilyRow, code_hash: Option<&str>, refresh_hash: &str) -> Result<(), StoreError> {
+    pub async fn open_family(
+        &self,
+        f: &FamilyRow,
+        code_hash: Option<&str>,
+        refresh_hash: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO token_families (id, user_id, client_id, resource, scope, created_at, expires_at)
@@ -763,18 +837,24 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)")
-            .bind(refresh_hash)
-            .bind(&f.id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(refresh_hash)
+        .bind(&f.id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Spend a refresh token and store its successor, atomically.
-    pub async fn rotate_refresh(&self, token_hash: &str, next_hash: &str) -> Result<Rotated, StoreError> {
+    pub async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        next_hash: &str,
+    ) -> Result<Rotated, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT family_id, used_at FROM refresh_tokens WHERE token_hash = ?")
             .bind(token_hash)
@@ -808,12 +888,14 @@ impl Store {
             .bind(token_hash)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)")
-            .bind(next_hash)
-            .bind(&family_id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(next_hash)
+        .bind(&family_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Rotated::Fresh(fam))
     }
@@ -827,10 +909,12 @@ impl Store {
 
     /// Family of a refresh token (for RFC 7009 revocation).
     pub async fn family_of_refresh(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn families(&self, user_id: Option<&str>) -> Result<Vec<FamilyRow>, StoreError> {
@@ -846,9 +930,11 @@ impl Store {
     // ---- signing keys ----
 
     pub async fn signing_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at, kid")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM signing_keys ORDER BY created_at, kid")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Add a key and retire the current ones (they keep verifying until dropped).
@@ -875,28 +961,33 @@ impl Store {
 
     /// Drop retired keys older than `before` (their tokens have expired).
     pub async fn drop_retired_keys(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     // ---- change feed ----
 
     pub async fn events_since(&self, seq: i64) -> Result<Vec<EventRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM identity_events WHERE seq > ? ORDER BY seq LIMIT 10000")
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT * FROM identity_events WHERE seq > ? ORDER BY seq LIMIT 10000")
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Everything the in-memory view needs, read in one transaction.
     pub async fn identity_snapshot(&self) -> Result<Snapshot, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let last_event: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM identity_events")
-            .fetch_one(&mut *tx)
-            .await?;
+        let last_event: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM identity_events")
+                .fetch_one(&mut *tx)
+                .await?;
         let users = sqlx::query_as(&format!("SELECT {USER_COLS} FROM users"))
             .fetch_all(&mut *tx)
             .await?;
@@ -929,7 +1020,12 @@ impl Store {
     }
 }
 
-async fn set_col(tx: &mut Transaction<'_, Sqlite>, id: &str, col: &str, v: Option<&str>) -> Result<(), StoreError> {
+async fn set_col(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    col: &str,
+    v: Option<&str>,
+) -> Result<(), StoreError> {
     // `col` comes from a fixed list in this module, never from input.
     sqlx::query(&format!("UPDATE users SET {col} = ? WHERE id = ?"))
         .bind(v)
@@ -940,17 +1036,22 @@ async fn set_col(tx: &mut Transaction<'_, Sqlite>, id: &str, col: &str, v: Optio
 }
 
 async fn emit_members(tx: &mut Transaction<'_, Sqlite>, group_id: &str) -> Result<(), StoreError> {
-    let members: Vec<String> = sqlx::query_scalar("SELECT user_id FROM group_members WHERE group_id = ?")
-        .bind(group_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let members: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM group_members WHERE group_id = ?")
+            .bind(group_id)
+            .fetch_all(&mut **tx)
+            .await?;
     for m in members {
         emit(tx, "user", &m).await?;
     }
     Ok(())
 }
 
-async fn revoke_family_tx(tx: &mut Transaction<'_, Sqlite>, family_id: &str, reason: &str) -> Result<(), StoreError> {
+async fn revoke_family_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    family_id: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
     let user: Option<String> = sqlx::query_scalar(
         "UPDATE token_families SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
     )
@@ -965,7 +1066,11 @@ async fn revoke_family_tx(tx: &mut Transaction<'_, Sqlite>, family_id: &str, rea
     Ok(())
 }
 
-async fn revoke_everything(tx: &mut Transaction<'_, Sqlite>, user_id: &str, reason: &str) -> Result<(), StoreError> {
+async fn revoke_everything(
+    tx: &mut Transaction<'_, Sqlite>,
+    user_id: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
     let ts = now();
     sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
         .bind(ts)
@@ -981,21 +1086,24 @@ async fn revoke_everything(tx: &mut Transaction<'_, Sqlite>, user_id: &str, reas
     .execute(&mut **tx)
     .await?;
     // Service accounts a departing person owns stop with them.
-    let owned: Vec<String> = sqlx::query_scalar("SELECT id FROM users WHERE owner_id = ? AND active = 1")
-        .bind(user_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let owned: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM users WHERE owner_id = ? AND active = 1")
+            .bind(user_id)
+            .fetch_all(&mut **tx)
+            .await?;
     for sa in owned {
         sqlx::query("UPDATE users SET active = 0, updated_at = ? WHERE id = ?")
             .bind(ts)
             .bind(&sa)
             .execute(&mut **tx)
             .await?;
-        sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
-            .bind(ts)
-            .bind(&sa)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(ts)
+        .bind(&sa)
+        .execute(&mut **tx)
+        .await?;
         emit(tx, "user", &sa).await?;
     }
     emit(tx, "user", user_id).await?;
@@ -1014,7 +1122,14 @@ impl Store {
 
     /// Record that a person logged in through an IdP (first login links the
     /// account, e.g. one SCIM provisioned earlier).
-    pub async fn link_idp(&self, user_id: &str, idp: &str, subject: &str, email: Option<&str>, display_name: Option<&str>) -> Result<(), StoreError> {
+    pub async fn link_idp(
+        &self,
+        user_id: &str,
+        idp: &str,
+        subject: &str,
+        email: Option<&str>,
+        display_name: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE users SET idp = ?, idp_subject = ?, email = COALESCE(?, email),
