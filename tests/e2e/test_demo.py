@@ -9,8 +9,11 @@ import threading
 import time
 
 import pytest
+import httpx
 from gateway import BINARY, ROOT, free_port, stop
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +32,7 @@ async def test_demo_serves_real_upstreams(tmp_path) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if "claude mcp add" in line:
+            if line.strip().startswith("curl -H"):
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -39,11 +42,21 @@ async def test_demo_serves_real_upstreams(tmp_path) -> None:
         url = f"http://127.0.0.1:{port}/mcp/demo"
         assert url in out and '"mcpServers"' in out, out
         assert (tmp_path / "demo" / "portcullis.db").exists()
+        # Authentication is on: the printed admin login works and a token is printed.
+        assert f"http://127.0.0.1:{port}/login" in out, out
+        password = next(line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("password:"))
+        token = next(w for line in lines for w in line.split() if w.startswith("pcp_"))
+        assert httpx.post(url, json={}, headers={"Accept": "application/json, text/event-stream"}).status_code == 401
+        page = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "admin", "password": password})
+        assert page.status_code == 200 and url in page.text, page.text
+        bad = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "admin", "password": password + "x"})
+        assert bad.status_code == 401
         # The first connection may wait for npx to fetch the servers.
         deadline = time.monotonic() + 240
         while True:
             try:
-                async with Client(url, mode="legacy") as client:
+                async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http, \
+                        Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
                     tools = {t.name for t in (await client.list_tools()).tools}
                     assert {"ev_echo", "files_read_text_file"} <= tools, tools
                     assert "files_move_file" not in tools, "hidden in the demo configuration"
