@@ -86,7 +86,9 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     }
     let mut app = gateway.router();
     if let Some(id) = &identity {
-        app = app.merge(portcullis_authserver::router(id.clone()));
+        app = app
+            .merge(portcullis_authserver::router(id.clone()))
+            .merge(portcullis_admin::router(id.clone()));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = extra
