@@ -46,7 +46,30 @@ def create_token(gw: Gateway, user: str, *scopes: str, name: str = "test") -> st
     out = gw.cli(*args).strip().splitlines()
     token = [line for line in out if line.startswith(("pcp_", "pcs_"))]
     assert token, out
+    wait_known(gw, token[-1], scopes)
     return token[-1]
+
+
+def wait_known(gw: Gateway, token: str, scopes: tuple[str, ...]) -> None:
+    """The CLI is another process: the gateway learns of the token through its change
+    feed (polled every 100 ms). Wait until it does, so tests start from a known state."""
+    import time
+    deadline = time.monotonic() + 10
+    vs = next((s[3:] for s in scopes if s.startswith("vs:") and s != "vs:*"), None)
+    while time.monotonic() < deadline:
+        if vs:
+            r = mcp_init(gw, vs, token)
+            if r.status_code != 401 or "revoked" not in r.headers.get("www-authenticate", ""):
+                return
+        elif "admin" in scopes:
+            r = httpx.get(f"{gw.base}/api/v1/users", headers={"Authorization": f"Bearer {token}"})
+            if r.status_code != 401:
+                return
+        else:
+            time.sleep(0.5)
+            return
+        time.sleep(0.05)
+    raise AssertionError("the gateway never learned of the new token")
 
 
 def token_id(gw: Gateway, name: str) -> str:
