@@ -20,6 +20,8 @@ mod api;
 mod scim;
 mod wire;
 
+pub use wire::rfc3339;
+
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};

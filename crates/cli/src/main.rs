@@ -1,6 +1,7 @@
 //! The `portcullis` binary: command-line parsing and process wiring only. The
 //! gateway itself lives in the library crates.
 
+mod accounts;
 mod demo;
 mod proxy;
 mod serve;
@@ -43,6 +44,16 @@ enum Command {
         #[arg(long, default_value = ".portcullis/demo")]
         data_dir: PathBuf,
     },
+    /// Create or reset a local administrator.
+    Admin(accounts::AdminArgs),
+    /// List, disable and enable users.
+    User(accounts::UserArgs),
+    /// Create service accounts.
+    ServiceAccount(accounts::ServiceAccountArgs),
+    /// Issue, list and revoke API tokens.
+    Token(accounts::TokenArgs),
+    /// Rotate the token signing key.
+    Keys(accounts::KeysArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +92,11 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Proxy(args) => proxy::run(args).await,
             Command::Demo { listen, data_dir } => demo::run(listen, data_dir).await,
+            Command::Admin(a) => accounts::admin(a).await,
+            Command::User(a) => accounts::user(a).await,
+            Command::ServiceAccount(a) => accounts::service_account(a).await,
+            Command::Token(a) => accounts::token(a).await,
+            Command::Keys(a) => accounts::keys(a).await,
         }
     })
 }
