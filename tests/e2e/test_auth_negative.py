@@ -205,3 +205,16 @@ def test_token_is_never_forwarded_upstream() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_password_guessing_is_throttled(gw) -> None:
+    create_user(gw, "mallory-target")
+    for _ in range(5):
+        r = httpx.post(f"{gw.base}/login", data={"username": "mallory-target", "password": "wrong-guess"})
+        assert r.status_code == 401
+    # Even the right password is refused while the account is throttled.
+    r = httpx.post(f"{gw.base}/login", data={"username": "mallory-target", "password": "correct-horse-battery-staple"})
+    assert r.status_code == 429 and "Too many failed sign-in attempts" in r.text
+    # Other accounts are unaffected.
+    r = httpx.post(f"{gw.base}/login", data={"username": "alice", "password": "correct-horse-battery-staple"})
+    assert r.status_code == 200

@@ -251,10 +251,6 @@ def test_groups_in_another_claim_are_not_read() -> None:
         assert alice.query.get("error") == "access_denied", alice.final_url
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: /oauth/callback (crates/authserver/src/idp.rs, fn callback) finds the pending "
-    "request by the IdP state alone and never checks the pc_authz cookie, so a browser that did "
-    "not start (or consent to) the request can complete it: login CSRF / consent bypass"))
 def test_callback_is_bound_to_the_browser_that_consented(sso: Sso) -> None:
     """An attacker starts a request for their own client and approves the consent page, then
     makes the victim's browser log in at the IdP with the attacker's IdP URL. The IdP returns
@@ -272,14 +268,12 @@ def test_callback_is_bound_to_the_browser_that_consented(sso: Sso) -> None:
         callback = victim.login_at_idp(to_idp.url, "alice")
         assert callback.startswith(f"{gw.base}/oauth/callback?"), callback
         done = victim.follow(callback, stop_at(redirect_uri))
-    assert "code" not in query_params(done.url), (
+    assert not done.url.startswith(redirect_uri), (
         f"a code for the victim's account went to the attacker's client: {done.url}")
+    assert done.response is not None and done.response.status_code == 403, done.url
+    assert "did not start in this browser" in done.response.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: upsert_user (crates/authserver/src/idp.rs) links a first-time IdP login to an "
-    "existing LOCAL account with the same username (preferred_username / email), so an IdP user "
-    "named like a local administrator takes that account over"))
 def test_idp_login_does_not_take_over_a_local_account() -> None:
     """A break-glass local administrator `root` exists (made with the CLI). Someone whose IdP
     preferred_username is also `root` signs in through the IdP: they must not become the local

@@ -303,6 +303,14 @@ pub(crate) async fn consent(
     }
 }
 
+fn too_many_attempts() -> Response {
+    tracing::warn!("local login throttled after repeated failures");
+    error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many failed sign-in attempts for this account. Wait five minutes and try again.",
+    )
+}
+
 fn consented(row: &AuthRequestRow) -> bool {
     row.idp.is_some()
 }
@@ -376,7 +384,12 @@ pub(crate) async fn local_login(
     }
     let user = f.get("username").cloned().unwrap_or_default();
     let pw = f.get("password").cloned().unwrap_or_default();
-    match accounts::check_local_password(s.identity.store(), &user, &pw).await {
+    if !s.may_try_password(&user) {
+        return too_many_attempts();
+    }
+    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
+    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
+    match checked {
         Ok(Some(u)) => {
             tracing::info!(user = %u.username, method = "local", "login");
             let _ = s.identity.store().delete_auth_request(&row.id).await;
@@ -469,7 +482,12 @@ pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) 
     let f: HashMap<String, String> = parse_form(&bytes);
     let user = f.get("username").cloned().unwrap_or_default();
     let pw = f.get("password").cloned().unwrap_or_default();
-    let Ok(Some(u)) = accounts::check_local_password(s.identity.store(), &user, &pw).await else {
+    if !s.may_try_password(&user) {
+        return too_many_attempts();
+    }
+    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
+    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
+    let Ok(Some(u)) = checked else {
         return html(
             StatusCode::UNAUTHORIZED,
             page(

@@ -248,7 +248,11 @@ pub(crate) async fn start(
 }
 
 /// `GET /oauth/callback`: the IdP sends the browser back.
-pub(crate) async fn callback(State(s): State<Arc<AuthServer>>, RawQuery(q): RawQuery) -> Response {
+pub(crate) async fn callback(
+    State(s): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let q = parse_form(q.unwrap_or_default().as_bytes());
     let Some(state) = q.get("state").filter(|v| !v.is_empty()) else {
         return error_page(
@@ -266,6 +270,16 @@ pub(crate) async fn callback(State(s): State<Arc<AuthServer>>, RawQuery(q): RawQ
             )
         }
     };
+    // Only the browser that consented may finish: otherwise an attacker could send
+    // a victim straight to the IdP and collect a code for the victim's account.
+    let cookie = crate::web::cookie(&headers, authorize::COOKIE).unwrap_or_default();
+    if !secrets::same(cookie.as_bytes(), row.csrf.as_bytes()) {
+        tracing::warn!("IdP callback from a browser that did not consent; refused");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in did not start in this browser.",
+        );
+    }
     let Ok(p) = serde_json::from_str::<Params>(&row.params) else {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -449,18 +463,26 @@ async fn upsert_user(s: &AuthServer, idp: &IdpRt, c: &Value) -> Result<UserRow, 
     let name = idp.cfg.name.as_str();
     let sub = c.get("sub").and_then(Value::as_str).unwrap_or_default();
     let email = c.get("email").and_then(Value::as_str);
+    // An unverified address is a claim anyone can make at some IdPs: never a key.
+    let verified_email =
+        email.filter(|_| c.get("email_verified").and_then(Value::as_bool) == Some(true));
     let display = c.get("name").and_then(Value::as_str);
     let username = c
         .get("preferred_username")
         .and_then(Value::as_str)
-        .or(email)
+        .or(verified_email)
         .map(String::from)
         .unwrap_or_else(|| format!("{name}:{sub}"));
     let user = match store.user_by_idp(name, sub).await.map_err(db)? {
         Some(u) => u,
         None => match store.user_by_username(&username).await.map_err(db)? {
-            // Provisioned earlier (SCIM or an admin) and never linked: link it.
-            Some(u) if u.idp_subject.is_none() && u.kind == "user" => {
+            // Provisioned for SSO earlier (SCIM) and never linked: link it. A local
+            // (password) account is never taken over by an IdP login.
+            Some(u)
+                if u.idp_subject.is_none()
+                    && u.kind == "user"
+                    && u.idp.as_deref().is_none_or(|i| i == "scim") =>
+            {
                 store
                     .link_idp(&u.id, name, sub, email, display)
                     .await

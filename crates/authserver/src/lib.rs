@@ -30,7 +30,13 @@ pub(crate) struct AuthServer {
     pub http: reqwest::Client,
     pub idps: idp::Idps,
     registrations: Mutex<(Instant, u32)>,
+    /// Failed local logins per username: a window start and a count.
+    failures: Mutex<std::collections::HashMap<String, (Instant, u32)>>,
 }
+
+/// Failed password attempts allowed per username and window.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW_SECS: u64 = 300;
 
 impl AuthServer {
     pub fn issuer(&self) -> &str {
@@ -39,6 +45,30 @@ impl AuthServer {
 
     pub fn secure_cookies(&self) -> bool {
         self.issuer().starts_with("https://")
+    }
+
+    /// Whether `username` may try a password now (brute-force brake).
+    pub fn may_try_password(&self, username: &str) -> bool {
+        let g = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(username).is_none_or(|(at, n)| {
+            at.elapsed().as_secs() >= FAILURE_WINDOW_SECS || *n < MAX_FAILURES
+        })
+    }
+
+    pub fn record_password_result(&self, username: &str, ok: bool) {
+        let mut g = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            g.remove(username);
+            return;
+        }
+        if g.len() > 100_000 {
+            g.retain(|_, (at, _)| at.elapsed().as_secs() < FAILURE_WINDOW_SECS);
+        }
+        let e = g.entry(username.to_owned()).or_insert((Instant::now(), 0));
+        if e.0.elapsed().as_secs() >= FAILURE_WINDOW_SECS {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
     }
 
     /// Global registration budget per minute (registration is unauthenticated).
@@ -68,6 +98,7 @@ pub fn router(identity: Arc<Identity>) -> Router {
         http,
         idps,
         registrations: Mutex::new((Instant::now(), 0)),
+        failures: Mutex::new(std::collections::HashMap::new()),
     });
     Router::new()
         .route(
