@@ -141,3 +141,13 @@ def test_user_allow_list(vs_access) -> None:
         create_user(gw, "judy")
         assert mcp_init(gw, "ivan-only", create_token(gw, "ivan", "vs:ivan-only")).status_code == 200
         assert mcp_init(gw, "ivan-only", create_token(gw, "judy", "vs:ivan-only")).status_code == 403
+
+
+def test_stream_ends_when_its_access_token_expires() -> None:
+    with running_gateway(auth_config(access_token_ttl_secs=2)) as gw:
+        create_user(gw, "kim")
+        _, tokens = oauth_tokens(gw, "alpha", "kim")
+        sid = open_session(gw, "alpha", tokens["access_token"])
+        stream = OpenStream(gw.url("alpha"), tokens["access_token"], sid)
+        assert stream.ended.wait(STREAM_CLOSE_BOUND), "the stream outlived its access token"
+        assert mcp_init(gw, "alpha", tokens["access_token"]).status_code == 401

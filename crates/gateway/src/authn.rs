@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderValue, StatusCode};
-use portcullis_identity::{AuthFailure, Identity, Principal};
+use portcullis_identity::{AuthFailure, Credential, Identity, Principal};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -70,15 +70,32 @@ pub(crate) async fn require_token(
 /// Resolves when the principal no longer may use `vs` (token revoked, user
 /// disabled or removed from the group that granted access).
 async fn lost_access(identity: Arc<Identity>, p: Principal, vs: String) {
+    let expires = match &p.credential {
+        Credential::Access(c) => Some(c.exp),
+        Credential::ApiToken(t) => t.expires_at,
+    };
+    let left = expires
+        .map(|e| (e - portcullis_identity::now()).max(0) as u64)
+        .unwrap_or(10 * 365 * 86_400);
+    let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+    tokio::pin!(expiry);
     let mut changes = p.user.changes.subscribe();
     loop {
-        if changes.changed().await.is_err() {
-            // The user vanished from the view entirely.
-            return;
-        }
-        if !identity.still_allowed(&p, &vs) {
-            tracing::info!(virtual_server = %vs, user = %p.user.username, "closing stream: access revoked");
-            return;
+        tokio::select! {
+            _ = &mut expiry => {
+                tracing::info!(virtual_server = %vs, user = %p.user.username, "closing stream: credential expired");
+                return;
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The user vanished from the view entirely.
+                    return;
+                }
+                if !identity.still_allowed(&p, &vs) {
+                    tracing::info!(virtual_server = %vs, user = %p.user.username, "closing stream: access revoked");
+                    return;
+                }
+            }
         }
     }
 }
