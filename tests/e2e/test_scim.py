@@ -250,3 +250,15 @@ def test_discovery_endpoints(scim: Client) -> None:
     user_schema = scim("GET", f"/Schemas/{USER}").json()
     assert "userName" in [a["name"] for a in user_schema["attributes"]]
     assert is_scim_error(scim("GET", "/Schemas/urn:nope"), 404)
+
+
+def test_local_administrators_are_out_of_scims_reach(scim: Client, admin: Client) -> None:
+    root = next(u for u in admin("GET", "/users").json()["users"] if u["username"] == "root")
+    assert is_scim_error(scim("GET", f"/Users/{root['id']}"), 404)
+    off = scim("PATCH", f"/Users/{root['id']}", {"schemas": [PATCH], "Operations": [
+        {"op": "replace", "path": "active", "value": False}]})
+    assert is_scim_error(off, 404)
+    assert is_scim_error(scim("DELETE", f"/Users/{root['id']}"), 404)
+    assert scim("GET", "/Users", params={"filter": 'userName eq "root"'}).json()["totalResults"] == 0
+    assert is_scim_error(scim("POST", "/Users", {"schemas": [USER], "userName": "root"}), 409, "uniqueness")
+    assert admin("GET", "/users").status_code == 200, "the administrator's token still works"

@@ -496,8 +496,8 @@ async fn scim_in_process() {
         .await;
     assert_eq!(
         (l["totalResults"].as_u64(), l["itemsPerPage"].as_u64()),
-        (Some(3), Some(1)),
-        "okta, root, dana: {l}"
+        (Some(1), Some(1)),
+        "local users (okta, root) are not SCIM resources: {l}"
     );
     let (s, _, err) = e
         .call(
@@ -605,6 +605,28 @@ async fn scim_in_process() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    let root = e
+        .identity
+        .store()
+        .user_by_username("root")
+        .await
+        .ok()
+        .flatten()
+        .expect("root");
+    let deactivate = json!({"Operations": [{"op": "replace", "path": "active", "value": false}]});
+    let (s, _, _) = e
+        .call(
+            "PATCH",
+            &format!("/scim/v2/Users/{}", root.id),
+            Some(&scim),
+            Some(deactivate),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "SCIM cannot touch local administrators"
+    );
     assert_eq!(
         e.call("DELETE", &format!("/scim/v2/Users/{id}"), Some(&scim), None)
             .await

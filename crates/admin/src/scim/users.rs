@@ -1,6 +1,8 @@
 //! SCIM Users. Provisioned people get `idp = "scim"` and keep the IdP's
 //! `externalId`; their `userName` is the username an IdP login matches later.
-//! Service accounts are not SCIM resources and stay invisible here.
+//! Service accounts and local (password) users are not SCIM resources and stay
+//! invisible here, so an IdP can neither rename nor lock out the break-glass
+//! administrators the CLI creates; their usernames still count for uniqueness.
 
 use super::filter::get_ci;
 use super::patch::apply_ops;
@@ -193,12 +195,17 @@ fn is_empty(p: &UserPatch) -> bool {
         && p.password_hash.is_none()
 }
 
-/// A SCIM-visible user (a person, not a service account).
+/// Whether SCIM manages this user: people, except local (password) accounts.
+fn managed(u: &UserRow) -> bool {
+    u.kind == "user" && u.idp.as_deref() != Some("local")
+}
+
+/// A SCIM-visible user.
 async fn find(store: &Store, id: &str) -> Result<UserRow, ScimError> {
     store
         .user(id)
         .await?
-        .filter(|u| u.kind == "user")
+        .filter(managed)
         .ok_or_else(|| ScimError::not_found(format!("User {id:?} not found")))
 }
 
@@ -245,6 +252,7 @@ pub async fn list(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> ScimRes
         .users(Some("user"))
         .await?
         .iter()
+        .filter(|u| managed(u))
         .map(|u| render(u, groups.get(&u.id).map(Vec::as_slice).unwrap_or(&[]), &b))
         .collect();
     Ok(super::list_response(all, &q))
