@@ -41,11 +41,33 @@ impl Era {
     }
 }
 
-/// Where to send requests: a loopback address plus the MCP endpoint path.
+/// Where to send requests: a loopback address plus the MCP endpoint path, and
+/// the bearer credential to present (gateway with authentication on).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub path: String,
+    /// `Authorization` header value (`Bearer <token>`), sent on every request.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, path: impl Into<String>) -> Endpoint {
+        Endpoint {
+            addr,
+            path: path.into(),
+            authorization: None,
+        }
+    }
+
+    /// The same endpoint, presenting `token` as a bearer credential.
+    pub fn with_bearer(mut self, token: &str) -> Result<Endpoint> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        v.set_sensitive(true);
+        self.authorization = Some(v);
+        Ok(self)
+    }
 }
 
 impl fmt::Display for Endpoint {
@@ -184,6 +206,9 @@ impl McpClient {
         if let Some(sid) = &self.session {
             h.push(("mcp-session-id", sid.clone()));
         }
+        if let Some(a) = &self.endpoint.authorization {
+            h.push(("authorization", a.clone()));
+        }
         if self.era == Era::Modern {
             h.push(("mcp-method", HeaderValue::from_static(method)));
         }
@@ -206,10 +231,13 @@ impl McpClient {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"initialize","params":{{"protocolVersion":"{LEGACY_VERSION}","capabilities":{{}},"clientInfo":{{"name":"bench","version":"1"}}}}}}"#
         );
-        let headers = [
+        let mut headers = vec![
             ("content-type", HeaderValue::from_static("application/json")),
             ("accept", HeaderValue::from_static(ACCEPT)),
         ];
+        if let Some(a) = &self.endpoint.authorization {
+            headers.push(("authorization", a.clone()));
+        }
         let resp = self.post(&headers, body).await.context("initialize")?;
         let result = parse_result(&resp, id).context("initialize")?;
         let version = result.get("protocolVersion").and_then(Value::as_str);
@@ -258,6 +286,13 @@ impl McpClient {
 
     /// One `tools/call echo {"text":"hello"}`, checked end to end.
     pub async fn call_echo(&mut self) -> Result<()> {
+        let (id, resp) = self.send_echo().await?;
+        self.check_echo(id, &resp)
+    }
+
+    /// Sends one `tools/call echo` and returns its id and the raw response,
+    /// unchecked (the revocation probe needs the status of a refused call).
+    pub async fn send_echo(&mut self) -> Result<(u64, HttpResponse)> {
         let id = self.take_id();
         let body = match self.era {
             Era::Legacy => format!(
@@ -272,7 +307,12 @@ impl McpClient {
             headers.push(("mcp-name", HeaderValue::from_static("echo")));
         }
         let resp = self.post(&headers, body).await?;
-        let result = parse_result(&resp, id)?;
+        Ok((id, resp))
+    }
+
+    /// Checks a `tools/call echo` response: HTTP 200, matching id, echoed text.
+    pub fn check_echo(&mut self, id: u64, resp: &HttpResponse) -> Result<()> {
+        let result = parse_result(resp, id)?;
         if result.get("isError").and_then(Value::as_bool) == Some(true) {
             bail!("tools/call returned isError: {result}");
         }
@@ -300,13 +340,16 @@ impl McpClient {
         let Some(sid) = self.session.clone() else {
             return Ok(());
         };
-        let headers = [
+        let mut headers = vec![
             ("mcp-session-id", sid),
             (
                 "mcp-protocol-version",
                 HeaderValue::from_static(LEGACY_VERSION),
             ),
         ];
+        if let Some(a) = &self.endpoint.authorization {
+            headers.push(("authorization", a.clone()));
+        }
         let path = self.endpoint.path.clone();
         let resp = self
             .conn

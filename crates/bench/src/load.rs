@@ -268,6 +268,85 @@ async fn sequential(
     Ok(())
 }
 
+/// Latency of two targets measured together: one connection to each, calls
+/// alternating between them (a, b, b, a, ...), so that both see the same
+/// machine state. Each phase gets its own gateway's CPU; `other_cpu` excludes
+/// both gateways; `bench_cpu` is the bench's CPU for the whole interleaved run.
+pub async fn interleaved(
+    a: &Target,
+    b: &Target,
+    warmup: usize,
+    calls: usize,
+) -> Result<([Phase; 2], Errors)> {
+    let open = |t: &Target| {
+        let t = t.clone();
+        async move {
+            McpClient::open(&t.endpoint, t.era, t.timeout)
+                .await
+                .with_context(|| format!("opening a {} session at {}", t.era.name(), t.endpoint))
+        }
+    };
+    let mut clients = [open(a).await?, open(b).await?];
+    let targets = [a, b];
+    let mut errors = Errors::default();
+    for i in 0..warmup {
+        for k in [i % 2, 1 - i % 2] {
+            if let Err(e) = clients[k].call_echo().await {
+                errors.add(&e);
+                reconnect_if_broken(&mut clients[k]).await?;
+            }
+        }
+        if errors.count >= MAX_ERRORS.min(warmup as u64) {
+            bail!("interleaved warm-up failed: {}", errors.samples.join("; "));
+        }
+    }
+    let budget = Duration::from_secs(60) + Duration::from_millis(calls as u64 * 20);
+    let deadline = Instant::now() + budget;
+    let mut samples = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+    let marks = [CpuMark::take(a.gateway_pid)?, CpuMark::take(b.gateway_pid)?];
+    'calls: for i in 0..calls {
+        if Instant::now() > deadline {
+            errors.add(&anyhow::anyhow!(
+                "interleaved phase stopped at its deadline after {i} of {calls} calls"
+            ));
+            break;
+        }
+        for k in [i % 2, 1 - i % 2] {
+            let t = Instant::now();
+            match clients[k].call_echo().await {
+                Ok(()) => samples[k].push(t.elapsed().as_nanos() as u64),
+                Err(e) => {
+                    errors.add(&e);
+                    if errors.count >= MAX_ERRORS {
+                        break 'calls;
+                    }
+                    if let Err(e) = reconnect_if_broken(&mut clients[k]).await {
+                        errors.add(&e);
+                        break 'calls;
+                    }
+                }
+            }
+        }
+    }
+    let mut phases = [Phase::default(), Phase::default()];
+    for k in 0..2 {
+        marks[k].finish(targets[k].gateway_pid, &mut phases[k])?;
+        phases[k].connections = 1;
+        phases[k].calls = samples[k].len() as u64;
+        phases[k].latency = Latency::from_nanos(&mut samples[k]);
+    }
+    for k in 0..2 {
+        let other_gw = phases[1 - k].gateway_cpu.unwrap_or_default();
+        phases[k].other_cpu = phases[k].other_cpu.saturating_sub(other_gw);
+    }
+    for c in clients {
+        if let Err(e) = c.close().await {
+            errors.add(&e.context("closing an interleaved session"));
+        }
+    }
+    Ok((phases, errors))
+}
+
 struct WorkerOut {
     client: Option<McpClient>,
     warmed: u64,
@@ -380,10 +459,7 @@ mod tests {
 
     fn target(up: &Upstream, era: Era) -> Target {
         Target {
-            endpoint: Endpoint {
-                addr: up.addr,
-                path: "/mcp".into(),
-            },
+            endpoint: Endpoint::new(up.addr, "/mcp"),
             era,
             timeout: Duration::from_secs(5),
             gateway_pid: Some(std::process::id()),
@@ -408,6 +484,24 @@ mod tests {
             assert_eq!(run.saturation.connections, 3);
             assert!(run.saturation.calls > 0);
             assert!(run.saturation.gateway_cpu.is_some());
+        }
+    }
+
+    #[test]
+    fn interleaved_measures_both_targets() {
+        let up = Upstream::start(0).expect("upstream");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for era in [Era::Legacy, Era::Modern] {
+            let (a, b) = (target(&up, era), target(&up, era));
+            let ([pa, pb], errors) = rt
+                .block_on(interleaved(&a, &b, 4, 30))
+                .expect("interleaved");
+            assert_eq!(errors.count, 0, "{:?}", errors.samples);
+            assert_eq!((pa.calls, pb.calls), (30, 30));
+            assert!(pa.latency.p50_us > 0.0 && pb.latency.p99_us > 0.0);
         }
     }
 

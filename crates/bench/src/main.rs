@@ -3,10 +3,14 @@
 //!
 //! See docs/performance.md for what each figure means.
 
+mod authcli;
+mod authreport;
 mod client;
 mod gateway;
 mod load;
+mod micro;
 mod report;
+mod revoke;
 mod stats;
 mod upstream;
 
@@ -16,7 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use client::{Endpoint, Era};
@@ -31,10 +35,30 @@ enum EraArg {
     Both,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthArg {
+    /// `auth: {mode: off}` (no token).
+    Off,
+    /// `auth: {mode: required}`; the client presents a personal access token.
+    On,
+    /// Two gateways, off and on, measured back to back (see --rounds).
+    Compare,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Micro-benchmark of token validation (`Identity::authenticate`), in process.
+    Validate(micro::Args),
+    /// Revocation-to-denial time against a running gateway with authentication on.
+    Revocation(revoke::Args),
+}
+
 /// Benchmarks MCP tools/call directly against an upstream and through Portcullis.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis-bench", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Sequential calls for the 1-connection latency phase.
     #[arg(long, default_value_t = 5000)]
     calls: usize,
@@ -78,6 +102,17 @@ struct Args {
     /// Keep the temporary directory (gateway config, data and log).
     #[arg(long)]
     keep_tmp: bool,
+    /// Authentication on the spawned gateway: off, on (a personal access token
+    /// on every request), or compare (both gateways, back to back).
+    #[arg(long, value_enum, default_value_t = AuthArg::Off,
+          conflicts_with_all = ["gateway_url", "direct_only"])]
+    auth: AuthArg,
+    /// With --auth compare: rounds of (off, on) per era, order alternating.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Bearer token to present to the gateway given by --gateway-url.
+    #[arg(long, requires = "gateway_url")]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -141,10 +176,10 @@ fn parse_gateway_url(url: &str) -> Result<Endpoint> {
         "" | "/" => "/mcp/bench".to_string(),
         p => p.to_string(),
     };
-    Ok(Endpoint {
-        addr: SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
+    Ok(Endpoint::new(
+        SocketAddr::new(ip, uri.port_u16().unwrap_or(80)),
         path,
-    })
+    ))
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, without a date crate.
@@ -193,11 +228,30 @@ fn validate(args: &Args) -> Result<()> {
     if !(100..=60_000).contains(&args.timeout_ms) {
         bail!("--timeout-ms must be in [100, 60000]");
     }
+    if !(1..=20).contains(&args.rounds) {
+        bail!("--rounds must be in [1, 20]");
+    }
+    if args.rounds > 1 && args.auth != AuthArg::Compare {
+        bail!("--rounds needs --auth compare");
+    }
     Ok(())
+}
+
+/// A gateway being measured: where, which process, with or without auth.
+struct UnderTest {
+    endpoint: Endpoint,
+    pid: Option<u32>,
+    label: String,
+    auth: bool,
 }
 
 fn run(args: Args) -> Result<ExitCode> {
     validate(&args)?;
+    match &args.command {
+        Some(Sub::Validate(a)) => return micro::run(a).map(|()| ExitCode::SUCCESS),
+        Some(Sub::Revocation(a)) => return revoke::run(a),
+        None => {}
+    }
     let eras: &[Era] = match args.era {
         EraArg::Legacy => &[Era::Legacy],
         EraArg::Modern => &[Era::Modern],
@@ -219,41 +273,61 @@ fn run(args: Args) -> Result<ExitCode> {
         .build()
         .context("building the load-generator runtime")?;
 
-    // Declared before the gateway so that the gateway is stopped first.
+    // Declared before the gateways so that the gateways are stopped first.
     let mut tmp: Option<TmpDir> = None;
-    let mut gateway: Option<Gateway> = None;
-    let (gw_endpoint, gw_pid, gw_label) = if args.direct_only {
-        (None, None, "none (--direct-only)".to_string())
-    } else if let Some(url) = &args.gateway_url {
-        let ep = parse_gateway_url(url)?;
-        let label = format!("external {ep}");
-        (Some(ep), args.gateway_pid, label)
-    } else {
+    let mut gateways: Vec<Gateway> = Vec::new();
+    let mut under_test: Vec<UnderTest> = Vec::new();
+    if let Some(url) = &args.gateway_url {
+        let mut ep = parse_gateway_url(url)?;
+        if let Some(t) = &args.token {
+            ep = ep.with_bearer(t)?;
+        }
+        under_test.push(UnderTest {
+            label: format!("external {ep}"),
+            endpoint: ep,
+            pid: args.gateway_pid,
+            auth: args.token.is_some(),
+        });
+    } else if !args.direct_only {
         let bin = gateway::locate_binary(args.gateway_bin.as_deref())?;
         let dir = tmp.insert(TmpDir::create(args.keep_tmp)?);
-        let port = gateway::free_port()?;
-        let config = gateway::write_config(&dir.path, port, upstream.addr)?;
-        let gw = gateway.insert(Gateway::spawn(&bin, &config, &dir.path, port)?);
-        rt.block_on(gw.wait_healthy(Duration::from_secs(30)))?;
-        let ep = Endpoint {
-            addr: gw.addr,
-            path: "/mcp/bench".into(),
+        let modes: &[bool] = match args.auth {
+            AuthArg::Off => &[false],
+            AuthArg::On => &[true],
+            AuthArg::Compare => &[false, true],
         };
-        (
-            Some(ep),
-            Some(gw.pid()),
-            format!("{} (pid {})", bin.display(), gw.pid()),
-        )
-    };
-    let direct_ep = Endpoint {
-        addr: upstream.addr,
-        path: "/mcp".into(),
+        for &auth in modes {
+            let sub = dir.path.join(if auth { "auth-on" } else { "auth-off" });
+            let started = gateway::start(&rt, &bin, &sub, upstream.addr, auth)?;
+            let pid = started.gateway.pid();
+            under_test.push(UnderTest {
+                label: format!(
+                    "{} (pid {pid}, auth {})",
+                    bin.display(),
+                    if auth { "on" } else { "off" }
+                ),
+                endpoint: started.endpoint,
+                pid: Some(pid),
+                auth,
+            });
+            gateways.push(started.gateway);
+        }
+    }
+    let direct_ep = Endpoint::new(upstream.addr, "/mcp");
+    let gw_label = if under_test.is_empty() {
+        "none (--direct-only)".to_string()
+    } else {
+        under_test
+            .iter()
+            .map(|u| u.label.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     println!(
         "portcullis-bench: upstream {direct_ep}, gateway {}, {gw_label}",
-        gw_endpoint
-            .as_ref()
-            .map(|e| e.to_string())
+        under_test
+            .first()
+            .map(|u| u.endpoint.to_string())
             .unwrap_or_else(|| "-".into())
     );
     println!(
@@ -269,14 +343,15 @@ fn run(args: Args) -> Result<ExitCode> {
 
     let bench_cpu_start = stats::self_cpu()?;
     let mut reports = Vec::new();
+    let mut auth_reports = Vec::new();
     for &era in eras {
-        let measure = |endpoint: &Endpoint, label: &str| -> report::Outcome {
+        let measure = |endpoint: &Endpoint, pid: Option<u32>, label: &str| -> report::Outcome {
             eprintln!("  running {} / {label} ...", era.name());
             let target = load::Target {
                 endpoint: endpoint.clone(),
                 era,
                 timeout,
-                gateway_pid: gw_pid,
+                gateway_pid: pid,
             };
             let before = upstream.counts();
             let mut run = rt
@@ -291,14 +366,69 @@ fn run(args: Args) -> Result<ExitCode> {
             run.upstream = upstream.counts().since(before);
             Ok(run)
         };
-        let direct = measure(&direct_ep, "direct");
-        let gw = gw_endpoint.as_ref().map(|ep| measure(ep, "gateway"));
+        let first_pid = under_test.first().and_then(|u| u.pid);
+        let direct = measure(&direct_ep, first_pid, "direct");
+        let gw = match under_test.as_slice() {
+            [] => None,
+            [one] => Some(measure(&one.endpoint, one.pid, "gateway")),
+            [off, on, ..] => {
+                let mut rounds = Vec::new();
+                for i in 0..args.rounds {
+                    let on_first = i % 2 == 1;
+                    let m = |u: &UnderTest| {
+                        let label = format!("gateway, auth {}, round {}", on_off(u.auth), i + 1);
+                        measure(&u.endpoint, u.pid, &label)
+                    };
+                    let (off_run, on_run) = if on_first {
+                        let b = m(on);
+                        (m(off), b)
+                    } else {
+                        let a = m(off);
+                        (a, m(on))
+                    };
+                    rounds.push(authreport::Round {
+                        on_first,
+                        off: off_run,
+                        on: on_run,
+                    });
+                }
+                eprintln!(
+                    "  running {} / interleaved, auth off and on ...",
+                    era.name()
+                );
+                let target = |u: &UnderTest| load::Target {
+                    endpoint: u.endpoint.clone(),
+                    era,
+                    timeout,
+                    gateway_pid: u.pid,
+                };
+                let interleaved = rt
+                    .block_on(load::interleaved(
+                        &target(off),
+                        &target(on),
+                        args.warmup,
+                        args.calls,
+                    ))
+                    .map(|([off, on], errors)| authreport::Interleaved { off, on, errors })
+                    .map_err(|e| format!("{e:#}"));
+                let first_off = rounds[0].off.clone();
+                auth_reports.push(authreport::AuthReport {
+                    era,
+                    rounds,
+                    interleaved: Some(interleaved),
+                });
+                Some(first_off)
+            }
+        };
         let r = EraReport {
             era,
             direct,
             gateway: gw,
         };
         print!("{}", report::render(&r, args.connections));
+        if let Some(a) = auth_reports.last().filter(|a| a.era == era) {
+            print!("{}", authreport::render(a, args.connections));
+        }
         reports.push(r);
     }
     let bench_cpu = stats::self_cpu()?.since(bench_cpu_start);
@@ -307,9 +437,10 @@ fn run(args: Args) -> Result<ExitCode> {
         bench_cpu.as_secs_f64()
     );
 
-    let mut failed = reports.iter().any(|r| r.error_count() > 0);
+    let mut failed = reports.iter().any(|r| r.error_count() > 0)
+        || auth_reports.iter().any(|r| r.error_count() > 0);
     let mut gateway_notes = Vec::new();
-    if let Some(gw) = gateway.as_mut() {
+    for gw in gateways.iter_mut() {
         if let Some(status) = gw.exited() {
             failed = true;
             let note = format!("the gateway exited during the run ({status})");
@@ -328,9 +459,14 @@ fn run(args: Args) -> Result<ExitCode> {
     }
 
     if let Some(path) = &args.json {
-        write_json(path, &args, &reports, &gw_label, bench_cpu, &gateway_notes)?;
+        let run = RunInfo {
+            gw_label: &gw_label,
+            bench_cpu,
+            gateway_notes: &gateway_notes,
+        };
+        write_json(path, &args, &reports, &auth_reports, &run)?;
     }
-    drop(gateway);
+    drop(gateways);
     drop(tmp);
     if failed {
         eprintln!("portcullis-bench: some calls failed (see the error samples above)");
@@ -339,31 +475,48 @@ fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+struct RunInfo<'a> {
+    gw_label: &'a str,
+    bench_cpu: Duration,
+    gateway_notes: &'a [String],
+}
+
 fn write_json(
     path: &Path,
     args: &Args,
     reports: &[EraReport],
-    gw_label: &str,
-    bench_cpu: Duration,
-    gateway_notes: &[String],
+    auth_reports: &[authreport::AuthReport],
+    run: &RunInfo,
 ) -> Result<()> {
     let doc = json!({
         "date": utc_date(),
         "commit": git_commit(),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "gateway": gw_label,
+        "gateway": run.gw_label,
         "settings": {
             "warmup": args.warmup, "calls": args.calls,
             "connections": args.connections, "seconds": args.seconds,
+            "auth": format!("{:?}", args.auth).to_lowercase(), "rounds": args.rounds,
         },
         "targets": {
             "gateway_cpu_us_per_call_max": report::TARGET_CPU_US,
             "added_p50_us_max": report::TARGET_ADDED_P50_US,
             "added_p99_us_max": report::TARGET_ADDED_P99_US,
+            "auth_added_p99_us_max": authreport::TARGET_AUTH_ADDED_P99_US,
+            "auth_throughput_ratio_min": authreport::TARGET_AUTH_THROUGHPUT_RATIO,
         },
         "eras": reports.iter().map(report::era_json).collect::<Vec<_>>(),
-        "bench_cpu_s": bench_cpu.as_secs_f64(),
-        "gateway_notes": gateway_notes,
+        "auth_comparison": auth_reports.iter().map(authreport::auth_json).collect::<Vec<_>>(),
+        "bench_cpu_s": run.bench_cpu.as_secs_f64(),
+        "gateway_notes": run.gateway_notes,
     });
     let text = serde_json::to_string_pretty(&doc)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

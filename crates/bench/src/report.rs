@@ -96,7 +96,7 @@ impl EraReport {
     }
 }
 
-fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
+pub fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
     match v {
         Some(v) if sign == "+" => format!("{v:+.decimals$}"),
         Some(v) => format!("{v:.decimals$}"),
@@ -106,7 +106,7 @@ fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
 
 type Figure = fn(&TargetRun) -> Option<f64>;
 
-fn row(out: &mut String, label: &str, direct: &str, gateway: &str, extra: &str) {
+pub fn row(out: &mut String, label: &str, direct: &str, gateway: &str, extra: &str) {
     out.push_str(&format!(
         "  {label:<36}{direct:>12}{gateway:>12}  {extra}\n"
     ));
@@ -300,20 +300,25 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         }
     }
     for v in r.verdicts() {
-        let word = match v.meets {
-            Some(true) => "meets ",
-            Some(false) => "misses",
-            None => "n/a   ",
-        };
-        out.push_str(&format!(
-            "  verdict: {word} {:<40} {:<12} measured {}\n",
-            v.name, v.limit, v.measured
-        ));
+        out.push_str(&verdict_line(&v));
     }
     out
 }
 
-fn phase_json(p: &Phase) -> Value {
+/// `  verdict: meets|misses|n/a <target> <limit> measured <figure>`.
+pub fn verdict_line(v: &Verdict) -> String {
+    let word = match v.meets {
+        Some(true) => "meets ",
+        Some(false) => "misses",
+        None => "n/a   ",
+    };
+    format!(
+        "  verdict: {word} {:<40} {:<12} measured {}\n",
+        v.name, v.limit, v.measured
+    )
+}
+
+pub fn phase_json(p: &Phase) -> Value {
     json!({
         "connections": p.connections,
         "calls": p.calls,
@@ -333,7 +338,7 @@ fn phase_json(p: &Phase) -> Value {
     })
 }
 
-fn outcome_json(o: &Outcome) -> Value {
+pub fn outcome_json(o: &Outcome) -> Value {
     match o {
         Ok(t) => json!({
             "ok": true,
