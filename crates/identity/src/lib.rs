@@ -71,6 +71,9 @@ pub struct Identity {
 
 const VERIFIED_CACHE_MAX: usize = 100_000;
 
+/// How often a running gateway checks whether its signing key is due for rotation.
+const KEY_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
 /// The issuer (and public base URL) a configuration implies.
 pub fn issuer_of(config: &Config) -> String {
     if let Some(i) = &config.auth.issuer {
@@ -396,9 +399,19 @@ impl Identity {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_key_check = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(id) = me.upgrade() else { return };
+                // Long-running gateways rotate their signing key on schedule too.
+                if last_key_check.elapsed() >= KEY_CHECK_EVERY {
+                    last_key_check = std::time::Instant::now();
+                    if let Err(e) =
+                        accounts::ensure_signing_key(&id.store, id.settings.key_rotation_days).await
+                    {
+                        tracing::warn!(error = %e, "signing key rotation check failed");
+                    }
+                }
                 if let Err(e) = id.refresh().await {
                     tracing::warn!(error = %e, "identity change feed unavailable; keeping the last view");
                 }
