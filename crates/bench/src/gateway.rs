@@ -14,6 +14,37 @@ use http::{Method, StatusCode};
 use crate::authcli::{Cli, BENCH_USER};
 use crate::client::{Conn, Endpoint};
 
+/// A set of cores (`--pin`: the bench on core 0, gateways on the others).
+#[derive(Clone, Copy)]
+pub struct Cores(libc::cpu_set_t);
+
+impl Cores {
+    pub fn range(cores: std::ops::Range<usize>) -> Cores {
+        // SAFETY: cpu_set_t is plain data; the CPU_* helpers only touch the set.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            for c in cores {
+                libc::CPU_SET(c, &mut set);
+            }
+            Cores(set)
+        }
+    }
+
+    /// Restricts the calling thread (and the threads and processes it creates
+    /// afterwards) to these cores.
+    pub fn apply(&self) -> std::io::Result<()> {
+        // SAFETY: plain syscall on the calling thread with a valid set.
+        let rc =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 /// A spawned gateway; terminated (SIGTERM, then SIGKILL) when dropped.
 pub struct Gateway {
     child: Child,
@@ -101,6 +132,7 @@ pub fn start(
     dir: &Path,
     upstream: SocketAddr,
     auth: bool,
+    cores: Option<Cores>,
 ) -> Result<Started> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = free_port()?;
@@ -114,7 +146,7 @@ pub fn start(
         token = Some(c.create_token(BENCH_USER, "bench", "vs:bench")?);
         cli = Some(c);
     }
-    let mut gateway = Gateway::spawn(bin, &config, dir, port)?;
+    let mut gateway = Gateway::spawn(bin, &config, dir, port, cores)?;
     rt.block_on(gateway.wait_healthy(Duration::from_secs(30)))?;
     let mut endpoint = Endpoint::new(gateway.addr, "/mcp/bench");
     if let Some(t) = &token {
@@ -132,7 +164,14 @@ impl Gateway {
     /// Must be called from the main thread: the child gets SIGKILL if the
     /// spawning thread dies (PR_SET_PDEATHSIG), so a crashed or interrupted
     /// bench never leaves a gateway behind.
-    pub fn spawn(bin: &Path, config: &Path, dir: &Path, port: u16) -> Result<Gateway> {
+    /// With `cores`, the gateway runs on those cores only.
+    pub fn spawn(
+        bin: &Path,
+        config: &Path,
+        dir: &Path,
+        port: u16,
+        cores: Option<Cores>,
+    ) -> Result<Gateway> {
         let log_path = dir.join("gateway.log");
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
@@ -145,8 +184,11 @@ impl Gateway {
             .stderr(log);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(c) = &cores {
+                    c.apply()?;
+                }
                 Ok(())
             });
         }

@@ -110,6 +110,11 @@ struct Args {
     /// With --auth compare: rounds of (off, on) per era, order alternating.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Pin the bench (load generator + upstream) to core 0 and spawned gateways
+    /// to the other cores (less scheduling noise; a gateway then runs as many
+    /// workers as it has cores).
+    #[arg(long, conflicts_with_all = ["gateway_url", "direct_only"])]
+    pin: bool,
     /// Bearer token to present to the gateway given by --gateway-url.
     #[arg(long, requires = "gateway_url")]
     token: Option<String>,
@@ -258,6 +263,21 @@ fn run(args: Args) -> Result<ExitCode> {
         EraArg::Both => &[Era::Legacy, Era::Modern],
     };
     let timeout = Duration::from_millis(args.timeout_ms);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let gateway_cores = if args.pin {
+        if cores < 2 {
+            bail!("--pin needs at least 2 cores");
+        }
+        // Before any thread is started: every bench thread inherits core 0.
+        gateway::Cores::range(0..1)
+            .apply()
+            .context("pinning the bench to core 0")?;
+        Some(gateway::Cores::range(1..cores))
+    } else {
+        None
+    };
     let upstream = Upstream::start(args.upstream_port)?;
     if args.serve_upstream {
         println!(
@@ -298,7 +318,7 @@ fn run(args: Args) -> Result<ExitCode> {
         };
         for &auth in modes {
             let sub = dir.path.join(if auth { "auth-on" } else { "auth-off" });
-            let started = gateway::start(&rt, &bin, &sub, upstream.addr, auth)?;
+            let started = gateway::start(&rt, &bin, &sub, upstream.addr, auth, gateway_cores)?;
             let pid = started.gateway.pid();
             under_test.push(UnderTest {
                 label: format!(
@@ -372,6 +392,12 @@ fn run(args: Args) -> Result<ExitCode> {
             [] => None,
             [one] => Some(measure(&one.endpoint, one.pid, "gateway")),
             [off, on, ..] => {
+                let target = |u: &UnderTest| load::Target {
+                    endpoint: u.endpoint.clone(),
+                    era,
+                    timeout,
+                    gateway_pid: u.pid,
+                };
                 let mut rounds = Vec::new();
                 for i in 0..args.rounds {
                     let on_first = i % 2 == 1;
@@ -386,37 +412,33 @@ fn run(args: Args) -> Result<ExitCode> {
                         let a = m(off);
                         (a, m(on))
                     };
+                    eprintln!(
+                        "  running {} / interleaved, auth off and on, round {} ...",
+                        era.name(),
+                        i + 1
+                    );
+                    let (first, second) = if on_first { (on, off) } else { (off, on) };
+                    let interleaved = rt
+                        .block_on(load::interleaved(
+                            &target(first),
+                            &target(second),
+                            args.warmup,
+                            args.calls,
+                        ))
+                        .map(|([a, b], errors)| {
+                            let (off, on) = if on_first { (b, a) } else { (a, b) };
+                            authreport::Interleaved { off, on, errors }
+                        })
+                        .map_err(|e| format!("{e:#}"));
                     rounds.push(authreport::Round {
                         on_first,
                         off: off_run,
                         on: on_run,
+                        interleaved,
                     });
                 }
-                eprintln!(
-                    "  running {} / interleaved, auth off and on ...",
-                    era.name()
-                );
-                let target = |u: &UnderTest| load::Target {
-                    endpoint: u.endpoint.clone(),
-                    era,
-                    timeout,
-                    gateway_pid: u.pid,
-                };
-                let interleaved = rt
-                    .block_on(load::interleaved(
-                        &target(off),
-                        &target(on),
-                        args.warmup,
-                        args.calls,
-                    ))
-                    .map(|([off, on], errors)| authreport::Interleaved { off, on, errors })
-                    .map_err(|e| format!("{e:#}"));
                 let first_off = rounds[0].off.clone();
-                auth_reports.push(authreport::AuthReport {
-                    era,
-                    rounds,
-                    interleaved: Some(interleaved),
-                });
+                auth_reports.push(authreport::AuthReport { era, rounds });
                 Some(first_off)
             }
         };
@@ -505,6 +527,8 @@ fn write_json(
             "warmup": args.warmup, "calls": args.calls,
             "connections": args.connections, "seconds": args.seconds,
             "auth": format!("{:?}", args.auth).to_lowercase(), "rounds": args.rounds,
+            "pin": args.pin,
+            "gateway_worker_threads_env": std::env::var("PORTCULLIS_WORKER_THREADS").ok(),
         },
         "targets": {
             "gateway_cpu_us_per_call_max": report::TARGET_CPU_US,

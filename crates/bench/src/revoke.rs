@@ -114,7 +114,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .build()?;
     let tmp = TmpDir::create(args.keep_tmp)?;
     let bin = gateway::locate_binary(args.gateway_bin.as_deref())?;
-    let mut started = gateway::start(&rt, &bin, &tmp.path.join("gw"), upstream.addr, true)?;
+    let mut started = gateway::start(&rt, &bin, &tmp.path.join("gw"), upstream.addr, true, None)?;
     let cli = started.cli.clone().context("no CLI for the gateway")?;
     let base = Endpoint::new(started.gateway.addr, "/mcp/bench");
     println!(
