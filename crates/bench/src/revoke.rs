@@ -418,7 +418,12 @@ fn render(method: Way, samples: &[Sample], errors: &[String]) -> String {
         "p99",
         "max"
     );
-    let f = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "n/a".into());
+    // Adding 0.0 turns -0.0 into 0.0; tiny negatives round to 0.0 too.
+    let f = |v: Option<f64>| {
+        v.map(|x| if x.abs() < 0.05 { 0.0 } else { x } + 0.0)
+            .map(|x| format!("{x:.1}"))
+            .unwrap_or_else(|| "n/a".into())
+    };
     for (label, _, get) in COLUMNS {
         let v = col(samples, get);
         out.push_str(&format!(
