@@ -382,21 +382,17 @@ pub(crate) async fn local_login(
     if !consented(&row) {
         return error_page(StatusCode::FORBIDDEN, "Approve the application first.");
     }
-    let user = f.get("username").cloned().unwrap_or_default();
-    let pw = f.get("password").cloned().unwrap_or_default();
-    if !s.may_try_password(&user) {
-        return too_many_attempts();
-    }
-    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
-    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
+    let checked = match throttled_password(&s, &f).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match checked {
-        Ok(Some(u)) => {
+        Some(u) => {
             tracing::info!(user = %u.username, method = "local", "login");
             let _ = s.identity.store().delete_auth_request(&row.id).await;
             issue_code(&s, &p, &u).await
         }
-        Ok(None) => {
-            tracing::info!(user = %user, method = "local", "login failed");
+        None => {
             let hidden = [("request", row.id.as_str()), ("csrf", row.csrf.as_str())];
             html(
                 StatusCode::UNAUTHORIZED,
@@ -406,9 +402,34 @@ pub(crate) async fn local_login(
                 ),
             )
         }
+    }
+}
+
+/// Check the form's username and password, with the per-account brake on
+/// guessing. `Ok(None)`: wrong credentials; `Err`: a page to show instead.
+async fn throttled_password(
+    s: &AuthServer,
+    f: &HashMap<String, String>,
+) -> Result<Option<UserRow>, Response> {
+    let user = f.get("username").cloned().unwrap_or_default();
+    let pw = f.get("password").cloned().unwrap_or_default();
+    if !s.may_try_password(&user) {
+        return Err(too_many_attempts());
+    }
+    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
+    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
+    match checked {
+        Ok(Some(u)) => Ok(Some(u)),
+        Ok(None) => {
+            tracing::info!(user = %user, method = "local", "login failed");
+            Ok(None)
+        }
         Err(e) => {
             tracing::error!(error = %e, "local login failed");
-            error_page(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed.")
+            Err(error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed.",
+            ))
         }
     }
 }
@@ -480,14 +501,11 @@ pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) 
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Request too large.");
     };
     let f: HashMap<String, String> = parse_form(&bytes);
-    let user = f.get("username").cloned().unwrap_or_default();
-    let pw = f.get("password").cloned().unwrap_or_default();
-    if !s.may_try_password(&user) {
-        return too_many_attempts();
-    }
-    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
-    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
-    let Ok(Some(u)) = checked else {
+    let checked = match throttled_password(&s, &f).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(u) = checked else {
         return html(
             StatusCode::UNAUTHORIZED,
             page(

@@ -12,6 +12,7 @@ use http::{HeaderMap, StatusCode};
 use portcullis_identity::secrets;
 use portcullis_store::identity::{new_id, FamilyRow, Redeemed, Rotated};
 use serde_json::json as j;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 fn invalid_grant(why: &str) -> Response {
@@ -26,21 +27,31 @@ fn server_error() -> Response {
     )
 }
 
+/// Read a token-endpoint form and authenticate the client that sent it.
+async fn authenticated_form(
+    s: &AuthServer,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(HashMap<String, String>, clients::Client), Response> {
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return Err(oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "request too large",
+        ));
+    };
+    let f = parse_form(&bytes);
+    let client = clients::authenticate(s, headers, &f).await?;
+    Ok((f, client))
+}
+
 pub(crate) async fn token(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return oauth_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            "request too large",
-        );
-    };
-    let f = parse_form(&bytes);
-    let client = match clients::authenticate(&s, &headers, &f).await {
-        Ok(c) => c,
+    let (f, client) = match authenticated_form(&s, &headers, body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let get = |k: &str| f.get(k).filter(|v| !v.is_empty());
@@ -214,16 +225,8 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return oauth_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            "request too large",
-        );
-    };
-    let f = parse_form(&bytes);
-    let client = match clients::authenticate(&s, &headers, &f).await {
-        Ok(c) => c,
+    let (f, client) = match authenticated_form(&s, &headers, body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(token) = f.get("token").filter(|t| !t.is_empty()) else {
