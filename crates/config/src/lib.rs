@@ -6,10 +6,12 @@
 
 mod auth;
 mod model;
+mod policy;
 mod validate;
 
 pub use auth::*;
 pub use model::*;
+pub use policy::*;
 pub use validate::ConfigError;
 
 use std::path::Path;
@@ -33,7 +35,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
-        Config::from_yaml(&text, &path.display().to_string())
+        let mut config = Config::from_yaml(&text, &path.display().to_string())?;
+        if let (Some(dir), Some(base)) = (&config.policy.dir, path.parent()) {
+            if dir.is_relative() {
+                config.policy.dir = Some(base.join(dir));
+            }
+        }
+        Ok(config)
     }
 
     /// Replace `${VAR}` in header and environment values so secrets stay out of the

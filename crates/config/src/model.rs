@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub auth: crate::auth::Auth,
     #[serde(default)]
+    pub policy: crate::policy::Policy,
+    #[serde(default)]
     pub upstreams: Vec<Upstream>,
     #[serde(default)]
     pub virtual_servers: Vec<VirtualServer>,
@@ -206,6 +208,8 @@ pub struct ToolOverride {
     pub rename: Option<String>,
     pub hide: bool,
     pub description: Option<String>,
+    /// Overrides the server's risk tier for this tool (1 harmless .. 4 critical).
+    pub risk_tier: Option<u8>,
     /// Argument values always sent upstream; the client cannot see or override them.
     pub fixed_arguments: serde_json::Map<String, serde_json::Value>,
 }

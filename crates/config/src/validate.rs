@@ -34,6 +34,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     validate_auth(&config.auth)?;
+    validate_policy(&config.policy)?;
     let mut upstreams = BTreeSet::new();
     for up in &config.upstreams {
         let at = format!("upstream {:?}", up.name);
@@ -209,6 +210,39 @@ fn validate_auth(auth: &crate::Auth) -> Result<(), ConfigError> {
     if auth.access_token_ttl_secs == 0 || auth.access_token_ttl_secs > 86_400 {
         return Err(invalid(
             "auth.access_token_ttl_secs must be between 1 and 86400".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_policy(policy: &crate::Policy) -> Result<(), ConfigError> {
+    let mut names = BTreeSet::new();
+    for limit in &policy.rate_limits {
+        let at = format!("policy.rate_limits {:?}", limit.name);
+        if !names.insert(limit.name.as_str()) {
+            return Err(invalid(format!("{at} is defined twice")));
+        }
+        if limit.requests_per_minute.is_none() && limit.daily_quota.is_none() {
+            return Err(invalid(format!(
+                "{at}: set requests_per_minute, daily_quota or both"
+            )));
+        }
+        if limit.requests_per_minute == Some(0) || limit.burst == Some(0) {
+            return Err(invalid(format!(
+                "{at}: use daily_quota: 0 to forbid calls; rates must be positive"
+            )));
+        }
+    }
+    if let Some(t) = policy.checkpoint.risk_tier_at_least {
+        if !(1..=4).contains(&t) {
+            return Err(invalid(
+                "policy.checkpoint.risk_tier_at_least must be 1..4".into(),
+            ));
+        }
+    }
+    if policy.reload_interval_ms < 100 {
+        return Err(invalid(
+            "policy.reload_interval_ms must be at least 100".into(),
         ));
     }
     Ok(())

@@ -22,6 +22,12 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// Gateway-specific: request refused by gateway limits.
     LimitExceeded,
+    /// Gateway-specific: refused by policy.
+    PolicyDenied,
+    /// Gateway-specific: a rate limit or daily quota is exhausted.
+    RateLimited,
+    /// Gateway-specific: a required confirmation was declined or not given.
+    ConfirmationRefused,
 }
 
 impl ErrorCode {
@@ -39,6 +45,9 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => -31001,
             ErrorCode::UpstreamTimeout => -31002,
             ErrorCode::LimitExceeded => -31003,
+            ErrorCode::PolicyDenied => -31010,
+            ErrorCode::RateLimited => -31011,
+            ErrorCode::ConfirmationRefused => -31012,
         }
     }
 }

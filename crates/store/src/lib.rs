@@ -7,6 +7,8 @@
 
 pub mod identity;
 pub mod identity_admin;
+pub mod policies;
+pub mod usage;
 
 use portcullis_config::{Config, Upstream};
 use sha2::{Digest, Sha256};
