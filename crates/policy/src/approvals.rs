@@ -59,7 +59,12 @@ impl Approvals {
         v
     }
 
-    pub fn decide(&self, id: &str, approved: bool, by: &str) -> Result<PendingApproval, ApprovalError> {
+    pub fn decide(
+        &self,
+        id: &str,
+        approved: bool,
+        by: &str,
+    ) -> Result<PendingApproval, ApprovalError> {
         let (request, tx) = self
             .lock()
             .remove(id)
@@ -74,7 +79,8 @@ impl Approvals {
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (PendingApproval, oneshot::Sender<Verdict>)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (PendingApproval, oneshot::Sender<Verdict>)>>
+    {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! `context.derived.<arg>` holds `lower` (lowercased), `matches` (names of the
 //! configured patterns the value matches), and for URLs `scheme`, `host` and
-//! `path`, for file paths `path`; paths are normalised (`.`/`..` resolved, no
+//! `path`, for file paths `path` (each `""` when it does not apply); paths are normalised (`.`/`..` resolved, no
 //! repeated `/`), so `path like "/srv/data/*"` cannot be escaped with `..`.
 
 use cedar_policy::RestrictedExpression;
@@ -19,8 +19,7 @@ impl Patterns {
     ) -> Result<Patterns, String> {
         let mut out = Vec::with_capacity(config.len());
         for (name, re) in config {
-            let compiled =
-                Regex::new(re).map_err(|e| format!("policy.patterns.{name}: {e}"))?;
+            let compiled = Regex::new(re).map_err(|e| format!("policy.patterns.{name}: {e}"))?;
             out.push((name.clone(), compiled));
         }
         Ok(Patterns(out))
@@ -60,20 +59,20 @@ pub(crate) fn derive(value: &str, patterns: &Patterns) -> RestrictedExpression {
         .filter(|(_, re)| re.is_match(value))
         .map(|(name, _)| s(name.clone()));
     fields.push(("matches".into(), RestrictedExpression::new_set(matches)));
-    match url::Url::parse(value) {
-        Ok(u) if u.has_host() || u.scheme() == "file" => {
-            fields.push(("scheme".into(), s(u.scheme().to_owned())));
-            if let Some(h) = u.host_str() {
-                fields.push(("host".into(), s(h.to_ascii_lowercase())));
-            }
-            let decoded = percent_decode(u.path());
-            fields.push(("path".into(), s(normalize_path(&decoded))));
-        }
+    let (scheme, host, path) = match url::Url::parse(value) {
+        Ok(u) if u.has_host() || u.scheme() == "file" => (
+            u.scheme().to_owned(),
+            u.host_str().unwrap_or("").to_ascii_lowercase(),
+            normalize_path(&percent_decode(u.path())),
+        ),
         _ if value.starts_with('/') || value.starts_with("./") || value.starts_with("../") => {
-            fields.push(("path".into(), s(normalize_path(value))));
+            (String::new(), String::new(), normalize_path(value))
         }
-        _ => {}
-    }
+        _ => Default::default(),
+    };
+    fields.push(("scheme".into(), s(scheme)));
+    fields.push(("host".into(), s(host)));
+    fields.push(("path".into(), s(path)));
     RestrictedExpression::new_record(fields).unwrap_or_else(|_| crate::facts::empty_record())
 }
 

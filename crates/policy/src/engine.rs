@@ -89,7 +89,12 @@ impl Compiled {
         &self.used
     }
 
-    fn slice(&self, action: &'static str, resource: &EntityUid, ancestors: &[EntityUid]) -> Arc<PolicySet> {
+    fn slice(
+        &self,
+        action: &'static str,
+        resource: &EntityUid,
+        ancestors: &[EntityUid],
+    ) -> Arc<PolicySet> {
         let key = (action, resource.clone());
         if let Some(s) = self
             .slices
@@ -164,7 +169,10 @@ impl PolicyEngine {
         let mut member_of: HashMap<&str, Vec<String>> = HashMap::new();
         for vs in &config.virtual_servers {
             for m in &vs.upstreams {
-                member_of.entry(&m.upstream).or_default().push(vs.name.clone());
+                member_of
+                    .entry(&m.upstream)
+                    .or_default()
+                    .push(vs.name.clone());
             }
         }
         let mut servers = HashMap::new();
@@ -192,7 +200,10 @@ impl PolicyEngine {
     }
 
     pub fn current(&self) -> Arc<Compiled> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Parse and validate without installing: what `load` would do.
@@ -255,7 +266,9 @@ impl PolicyEngine {
             match p.policy.resource_constraint() {
                 ResourceConstraint::Eq(e)
                 | ResourceConstraint::In(e)
-                | ResourceConstraint::IsIn(_, e) => by_entity.entry(e).or_default().push(id.clone()),
+                | ResourceConstraint::IsIn(_, e) => {
+                    by_entity.entry(e).or_default().push(id.clone())
+                }
                 ResourceConstraint::Any | ResourceConstraint::Is(_) => general.push(id.clone()),
             }
             info.push(PolicyInfo {
@@ -327,7 +340,10 @@ impl PolicyEngine {
             let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
             let id = pe.policy_id();
             errors.push(format!("{id}: {pe}"));
-            if slice.policy(id).is_some_and(|p| p.effect() == Effect::Forbid) {
+            if slice
+                .policy(id)
+                .is_some_and(|p| p.effect() == Effect::Forbid)
+            {
                 failed_forbids.push(id.to_string());
             }
         }
@@ -402,7 +418,9 @@ impl PolicyEngine {
             .action(facts::uid(&facts::types().action, action))
             .resource(resource)
             .build();
-        let partial = self.authorizer.is_authorized_partial(&request, &slice, &entities);
+        let partial = self
+            .authorizer
+            .is_authorized_partial(&request, &slice, &entities);
         partial.decision() != Some(CedarDecision::Deny)
     }
 
@@ -441,7 +459,10 @@ impl PolicyEngine {
         }
         let mut pairs = Vec::with_capacity(6);
         if matches!(ask.target, Target::Tool { .. } | Target::Prompt { .. }) {
-            pairs.push(("args".to_owned(), facts::args_record(ask.args, &compiled.used.args)));
+            pairs.push((
+                "args".to_owned(),
+                facts::args_record(ask.args, &compiled.used.args),
+            ));
             pairs.push((
                 "derived".to_owned(),
                 facts::derived_record(ask.args, &compiled.used.derived, &self.patterns),
@@ -459,6 +480,15 @@ impl PolicyEngine {
         ));
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Ok((entities, context))
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("version", &self.version)
+            .field("policies", &self.info.len())
+            .finish()
     }
 }
 

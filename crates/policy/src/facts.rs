@@ -160,7 +160,11 @@ fn s(v: &str) -> RestrictedExpression {
 pub(crate) fn principal_uid(sub: &Subject) -> EntityUid {
     let ty = types();
     uid(
-        if sub.is_service { &ty.service } else { &ty.user },
+        if sub.is_service {
+            &ty.service
+        } else {
+            &ty.user
+        },
         sub.user_id,
     )
 }
@@ -170,7 +174,10 @@ pub(crate) fn principal_entity(sub: &Subject) -> Option<Entity> {
     let parents: HashSet<EntityUid> = sub.groups.iter().map(|g| uid(&ty.group, g)).collect();
     let mut attrs = HashMap::with_capacity(3);
     attrs.insert("username".into(), s(sub.username));
-    attrs.insert("is_admin".into(), RestrictedExpression::new_bool(sub.is_admin));
+    attrs.insert(
+        "is_admin".into(),
+        RestrictedExpression::new_bool(sub.is_admin),
+    );
     if sub.is_service {
         attrs.insert("owner".into(), s(sub.service_owner.unwrap_or("")));
     } else {
@@ -198,7 +205,10 @@ pub(crate) fn server_entity(
     let set = |v: &[String]| RestrictedExpression::new_set(v.iter().map(|x| s(x)));
     let attrs = HashMap::from([
         ("name".to_owned(), s(name)),
-        ("owner".to_owned(), s(catalog.owner.as_deref().unwrap_or(""))),
+        (
+            "owner".to_owned(),
+            s(catalog.owner.as_deref().unwrap_or("")),
+        ),
         ("team".to_owned(), s(catalog.team.as_deref().unwrap_or(""))),
         (
             "risk_tier".to_owned(),
@@ -270,7 +280,8 @@ pub(crate) fn resource_entity(
         } => {
             let u = uid(&ty.resource, &format!("{virtual_server}/{uri}"));
             let scheme = uri.split_once(':').map_or("", |(s, _)| s);
-            let attrs = HashMap::from([("uri".to_owned(), s(uri)), ("scheme".to_owned(), s(scheme))]);
+            let attrs =
+                HashMap::from([("uri".to_owned(), s(uri)), ("scheme".to_owned(), s(scheme))]);
             let parents = HashSet::from([uid(&ty.server, server), uid(&ty.vs, virtual_server)]);
             let e = Entity::new(u.clone(), attrs, parents).ok();
             (u, e)
@@ -286,7 +297,9 @@ pub(crate) fn json_to_cedar(v: &Value) -> Option<RestrictedExpression> {
         Value::String(x) => s(x),
         Value::Bool(b) => RestrictedExpression::new_bool(*b),
         Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
-        Value::Array(items) => RestrictedExpression::new_set(items.iter().filter_map(json_to_cedar)),
+        Value::Array(items) => {
+            RestrictedExpression::new_set(items.iter().filter_map(json_to_cedar))
+        }
         Value::Object(map) => RestrictedExpression::new_record(
             map.iter()
                 .filter_map(|(k, v)| Some((k.clone(), json_to_cedar(v)?))),
@@ -333,7 +346,10 @@ pub(crate) fn time_record(epoch: i64) -> RestrictedExpression {
     RestrictedExpression::new_record([
         ("epoch".to_owned(), RestrictedExpression::new_long(epoch)),
         ("hour".to_owned(), RestrictedExpression::new_long(hour)),
-        ("weekday".to_owned(), RestrictedExpression::new_long(weekday)),
+        (
+            "weekday".to_owned(),
+            RestrictedExpression::new_long(weekday),
+        ),
     ])
     .unwrap_or_else(|_| empty_record())
 }
@@ -358,7 +374,7 @@ mod tests {
     #[test]
     fn weekday_and_hour() {
         // 2026-11-24 13:05 UTC is a Tuesday.
-        let t = 1_795_957_500;
+        let t = 1_795_525_500;
         let days = i64::div_euclid(t, 86_400);
         assert_eq!((days + 3).rem_euclid(7) + 1, 2);
         assert_eq!(t.rem_euclid(86_400) / 3600, 13);

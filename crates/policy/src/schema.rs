@@ -34,10 +34,9 @@ fn walk(v: &Value, found: &mut ArgumentUse) {
         Value::Object(map) => {
             for op in [".", "has"] {
                 if let Some(inner) = map.get(op) {
-                    if let (Some(left), Some(attr)) = (
-                        inner.get("left"),
-                        inner.get("attr").and_then(Value::as_str),
-                    ) {
+                    if let (Some(left), Some(attr)) =
+                        (inner.get("left"), inner.get("attr").and_then(Value::as_str))
+                    {
                         match context_field(left) {
                             Some("args") => {
                                 found.args.insert(attr.to_owned());
@@ -149,10 +148,7 @@ mod tests {
         }])
         .unwrap();
         let used = ArgumentUse::scan(&parsed);
-        assert_eq!(
-            used.args.iter().collect::<Vec<_>>(),
-            vec!["count", "repo"]
-        );
+        assert_eq!(used.args.iter().collect::<Vec<_>>(), vec!["count", "repo"]);
         assert_eq!(used.derived.iter().collect::<Vec<_>>(), vec!["url"]);
         let text = schema_text(&used, &BTreeMap::new());
         build(&text).expect("the generated schema parses");

@@ -48,7 +48,10 @@ impl std::fmt::Display for SourceError {
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let upto = &text[..offset.min(text.len())];
     let line = upto.matches('\n').count() + 1;
-    let col = upto.rfind('\n').map_or(upto.len(), |nl| upto.len() - nl - 1) + 1;
+    let col = upto
+        .rfind('\n')
+        .map_or(upto.len(), |nl| upto.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -73,6 +76,7 @@ pub(crate) fn located(origin: &str, text: &str, d: &dyn Diagnostic, msg: String)
 }
 
 /// A parsed policy and where it came from.
+#[derive(Debug)]
 pub(crate) struct Parsed {
     pub policy: Policy,
     pub origin: String,
@@ -224,7 +228,10 @@ mod tests {
             },
         ])
         .unwrap_err();
-        assert!(dup[0].message.contains("already used in x.cedar"), "{dup:?}");
+        assert!(
+            dup[0].message.contains("already used in x.cedar"),
+            "{dup:?}"
+        );
     }
 
     #[test]
