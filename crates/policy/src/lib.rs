@@ -15,6 +15,7 @@ mod limits;
 mod runtime;
 mod schema;
 mod source;
+mod suite;
 
 pub use approvals::{ApprovalError, Approvals, PendingApproval, Verdict};
 pub use derive::{normalize_path, Patterns};
@@ -24,6 +25,10 @@ pub use limits::{LimitedCall, RateLimiter, Refusal, RefusalKind};
 pub use runtime::{PolicyRuntime, STORED_PREFIX};
 pub use schema::{schema_text, ArgumentUse};
 pub use source::{read_dir, PolicyInfo, PolicySource, SourceError};
+pub use suite::{
+    parse_rfc3339, run_suite, Case, CasePrincipal, CaseResult, Expect, ExpectedCheckpoint, Suite,
+    SuiteError, SuiteReport,
+};
 
 /// What applies when nothing is configured: every authenticated caller who
 /// may use a virtual server may use all of it (the gateway warns at start).
