@@ -5,6 +5,7 @@ use axum::serve::ListenerExt;
 use portcullis_config::{AuthMode, Config};
 use portcullis_gateway::{Gateway, HostPolicy};
 use portcullis_identity::Identity;
+use portcullis_policy::PolicyRuntime;
 use portcullis_store::{Applied, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,10 +62,21 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         );
         None
     };
+    let policy = match &identity {
+        Some(_) => {
+            let rt = PolicyRuntime::open(&config, store.clone())
+                .await
+                .context("loading policies")?;
+            rt.spawn_watcher();
+            Some(rt)
+        }
+        None => None,
+    };
     let gateway = Gateway::new(
         &config,
         HostPolicy::new(&hosts, &config.security.allowed_origins),
         identity.clone(),
+        policy.clone(),
     )?;
     gateway.spawn_reaper();
     let workers = worker_count();
@@ -88,7 +100,7 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     if let Some(id) = &identity {
         app = app
             .merge(portcullis_authserver::router(id.clone()))
-            .merge(portcullis_admin::router(id.clone()));
+            .merge(portcullis_admin::router(id.clone(), policy.clone()));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = extra
@@ -183,6 +195,8 @@ async fn serve_on(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    // Peer addresses feed policy (`context.source_ip`).
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await?;

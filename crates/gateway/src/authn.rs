@@ -51,7 +51,15 @@ pub(crate) async fn require_token(
             return challenge(&identity, &vs, &why);
         }
     };
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     req.extensions_mut().insert(principal.clone());
+    req.extensions_mut().insert(crate::govern::Who {
+        principal: principal.clone(),
+        ip,
+    });
     let resp = next.run(req).await;
     let streaming = resp
         .headers()

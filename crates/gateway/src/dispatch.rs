@@ -2,9 +2,10 @@
 //! across upstreams, or route it to exactly one upstream with names translated.
 
 use crate::binding::Binding;
+use crate::govern::{self, Use};
 use crate::session::Session;
 use crate::vserver::ListKind;
-use crate::{bridge, caps, Gateway};
+use crate::{bridge, caps, Gateway, Who};
 use portcullis_protocol::era::{self, Era};
 use portcullis_protocol::jsonrpc::{error_response, result_response};
 use portcullis_protocol::{headers, names, ErrorCode};
@@ -52,6 +53,7 @@ pub fn upstream_error(id: Value, e: &UpstreamError) -> Value {
 pub async fn handle(
     gw: &Gateway,
     caller: &Caller,
+    who: Option<&Who>,
     msg: Value,
     method: &str,
     id: Value,
@@ -63,12 +65,12 @@ pub async fn handle(
         "ping" => result_response(id, json!({})),
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
             let kind = ListKind::from_method(method).unwrap_or(ListKind::Tools);
-            list(gw, binding, kind, &msg, id).await
+            list(gw, binding, who, kind, &msg, id).await
         }
-        "tools/call" => call_named(caller, ListKind::Tools, msg, id, out).await,
-        "prompts/get" => call_named(caller, ListKind::Prompts, msg, id, out).await,
+        "tools/call" => call_named(gw, caller, who, ListKind::Tools, msg, id, out).await,
+        "prompts/get" => call_named(gw, caller, who, ListKind::Prompts, msg, id, out).await,
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            call_uri(caller, msg, id, out).await
+            call_uri(gw, caller, who, msg, id, out).await
         }
         "completion/complete" => complete(caller, msg, id, out).await,
         "logging/setLevel" => {
@@ -99,16 +101,30 @@ pub async fn handle(
     }
 }
 
-async fn list(gw: &Gateway, binding: &Binding, kind: ListKind, msg: &Value, id: Value) -> Value {
+async fn list(
+    gw: &Gateway,
+    binding: &Binding,
+    who: Option<&Who>,
+    kind: ListKind,
+    msg: &Value,
+    id: Value,
+) -> Value {
     let catalog = binding.refresh(kind).await;
     if catalog.items.is_empty() && catalog.failures.len() == binding.vs.members.len() {
         if let Some(e) = catalog.failures.first() {
             return upstream_error(id, e);
         }
     }
+    // Governed callers page through what they may use; cursors from another
+    // caller's view or policy version do not decode.
+    let governed = govern::filter_list(gw, binding, who, kind, &catalog);
+    let (items, fingerprint) = match &governed {
+        Some((kept, view)) => (kept.as_slice(), catalog.fingerprint ^ view),
+        None => (catalog.items.as_slice(), catalog.fingerprint),
+    };
     let offset = match msg.pointer("/params/cursor") {
         None | Some(Value::Null) => 0,
-        Some(Value::String(c)) => match gw.cursors.decode(c, catalog.fingerprint) {
+        Some(Value::String(c)) => match gw.cursors.decode(c, fingerprint) {
             Some(o) => o as usize,
             None => {
                 return error_response(
@@ -120,23 +136,24 @@ async fn list(gw: &Gateway, binding: &Binding, kind: ListKind, msg: &Value, id: 
         },
         Some(_) => return error_response(id, ErrorCode::InvalidParams, "cursor must be a string"),
     };
-    let end = (offset + PAGE_SIZE).min(catalog.items.len());
-    let page: Vec<Value> = catalog
-        .items
+    let end = (offset + PAGE_SIZE).min(items.len());
+    let page: Vec<Value> = items
         .get(offset..end)
         .map(<[Value]>::to_vec)
         .unwrap_or_default();
     let mut result = Map::new();
     result.insert(kind.field().into(), Value::Array(page));
-    if end < catalog.items.len() {
-        let next = gw.cursors.encode(end as u32, catalog.fingerprint);
+    if end < items.len() {
+        let next = gw.cursors.encode(end as u32, fingerprint);
         result.insert("nextCursor".into(), Value::from(next));
     }
     result_response(id, Value::Object(result))
 }
 
 async fn call_named(
+    gw: &Gateway,
     caller: &Caller,
+    who: Option<&Who>,
     kind: ListKind,
     mut msg: Value,
     id: Value,
@@ -197,7 +214,28 @@ async fn call_named(
         }
         opts = Some(param_headers(caller, binding, &name, &msg));
     }
-    forward(caller, member, msg, id, out, opts.as_ref()).await
+    let catalog = binding.cached(kind);
+    let item = catalog.as_ref().and_then(|c| c.item(&name));
+    let used = Use {
+        kind,
+        exposed: &name,
+        member,
+        upstream_name: &upstream_name,
+    };
+    let passed = match govern::gate(gw, caller, who, &used, item, &mut msg, &id, out).await {
+        Ok(p) => p,
+        Err(answer) => return answer,
+    };
+    let args = passed
+        .confirmed_modern
+        .then(|| msg.pointer("/params/arguments").cloned());
+    let mut resp = forward(caller, member, msg, id, out, opts.as_ref()).await;
+    if let (Some(args), Some(who)) = (args, who) {
+        if bridge::is_input_required(&resp) {
+            govern::carry_confirmation(gw, who, binding, &used, item, args.as_ref(), &mut resp);
+        }
+    }
+    resp
 }
 
 /// `Mcp-Param-*` mirrors for a modern upstream, computed from the final arguments
@@ -238,7 +276,14 @@ fn param_headers(caller: &Caller, binding: &Binding, exposed: &str, msg: &Value)
     opts
 }
 
-async fn call_uri(caller: &Caller, mut msg: Value, id: Value, out: &Out) -> Value {
+async fn call_uri(
+    gw: &Gateway,
+    caller: &Caller,
+    who: Option<&Who>,
+    mut msg: Value,
+    id: Value,
+    out: &Out,
+) -> Value {
     let binding = caller.binding();
     let Some(uri) = msg
         .pointer("/params/uri")
@@ -254,7 +299,16 @@ async fn call_uri(caller: &Caller, mut msg: Value, id: Value, out: &Out) -> Valu
             format!("unknown resource: {uri}"),
         );
     };
-    msg["params"]["uri"] = Value::from(upstream_uri);
+    let used = Use {
+        kind: ListKind::Resources,
+        exposed: &uri,
+        member,
+        upstream_name: &upstream_uri,
+    };
+    if let Err(answer) = govern::gate(gw, caller, who, &used, None, &mut msg, &id, out).await {
+        return answer;
+    }
+    msg["params"]["uri"] = Value::from(upstream_uri.clone());
     let mut resp = forward(caller, member, msg, id, out, None).await;
     let prefix = &binding.vs.members[member].prefix;
     if !prefix.is_empty() {

@@ -4,7 +4,7 @@ use crate::binding::Binding;
 use crate::dispatch::{self, Caller};
 use crate::respond::{self, cancelled_response, Pending, Work};
 use crate::session::{Session, Waiter};
-use crate::{caps, legacy_sse, modern, Gateway};
+use crate::{caps, legacy_sse, modern, Gateway, Who};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -121,6 +121,7 @@ async fn post_message(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
     principal: Option<Extension<Principal>>,
+    who: Option<Extension<Who>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -141,7 +142,7 @@ async fn post_message(
     let explicit_modern =
         era::meta_protocol_version(&msg.value).is_some_and(|v| !era::is_legacy_version(v));
     if is_modern && (explicit_modern || msg.method() != Some("initialize")) {
-        return post_modern(gw, &vs, &headers, msg).await;
+        return post_modern(gw, &vs, &headers, msg, who.map(|w| w.0)).await;
     }
     if msg.method() == Some("initialize") {
         if session_id.is_some() {
@@ -187,7 +188,7 @@ async fn post_message(
         }
     }
     session.touch();
-    match on_session_message(&gw, &session, msg).await {
+    match on_session_message(&gw, &session, msg, who.map(|w| w.0)).await {
         Some(Reply::Request(pending)) => {
             let sse = header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
             respond::legacy(session, pending, sse).await
@@ -212,6 +213,7 @@ pub(crate) async fn on_session_message(
     gw: &Arc<Gateway>,
     session: &Arc<Session>,
     msg: Message,
+    who: Option<Who>,
 ) -> Option<Reply> {
     match msg.kind {
         MessageKind::Response { ref id } => {
@@ -253,7 +255,7 @@ pub(crate) async fn on_session_message(
             let gw2 = gw.clone();
             let client_id = id.clone();
             let (work, abort) = futures_util::future::abortable(async move {
-                dispatch::handle(&gw2, &caller, msg.value, &method, id, &out_tx).await
+                dispatch::handle(&gw2, &caller, who.as_ref(), msg.value, &method, id, &out_tx).await
             });
             session.track(&client_id, abort);
             let s2 = session.clone();
@@ -375,6 +377,7 @@ async fn post_modern(
     vs_name: &str,
     headers: &HeaderMap,
     msg: Message,
+    who: Option<Who>,
 ) -> Response {
     let (id, method) = match &msg.kind {
         MessageKind::Request { id, method } => (id.clone(), method.clone()),
@@ -420,8 +423,9 @@ async fn post_modern(
     let (out_tx, rx) = mpsc::unbounded_channel();
     let m2 = method.clone();
     let gw2 = gw.clone();
-    let work: Work =
-        Box::pin(async move { dispatch::handle(&gw2, &caller, msg.value, &m2, id, &out_tx).await });
+    let work: Work = Box::pin(async move {
+        dispatch::handle(&gw2, &caller, who.as_ref(), msg.value, &m2, id, &out_tx).await
+    });
     let info = gw.server_info(vs_name);
     respond::modern(Pending { rx, work }, method, info).await
 }
@@ -545,11 +549,12 @@ fn default_vs(gw: &Gateway) -> Result<Path<String>, Response> {
 async fn default_post(
     State(gw): State<Arc<Gateway>>,
     principal: Option<Extension<Principal>>,
+    who: Option<Extension<Who>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match default_vs(&gw) {
-        Ok(p) => post_message(State(gw), p, principal, headers, body).await,
+        Ok(p) => post_message(State(gw), p, principal, who, headers, body).await,
         Err(r) => r,
     }
 }
@@ -590,12 +595,13 @@ async fn default_sse(
 async fn default_messages(
     State(gw): State<Arc<Gateway>>,
     principal: Option<Extension<Principal>>,
+    who: Option<Extension<Who>>,
     q: axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match default_vs(&gw) {
-        Ok(p) => legacy_sse::post(State(gw), p, principal, q, headers, body).await,
+        Ok(p) => legacy_sse::post(State(gw), p, principal, who, q, headers, body).await,
         Err(r) => r,
     }
 }

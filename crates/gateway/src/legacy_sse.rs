@@ -94,6 +94,7 @@ pub(crate) async fn post(
     State(gw): State<Arc<Gateway>>,
     Path(vs): Path<String>,
     principal: Option<Extension<Principal>>,
+    who: Option<Extension<crate::Who>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -144,7 +145,7 @@ pub(crate) async fn post(
         }
     };
     session.touch();
-    match on_session_message(&gw, &session, msg).await {
+    match on_session_message(&gw, &session, msg, who.map(|w| w.0)).await {
         Some(Reply::Request(Pending { mut rx, mut work })) => {
             tokio::spawn(async move {
                 let paused = |m: &Value| {

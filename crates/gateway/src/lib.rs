@@ -14,8 +14,10 @@ mod authn;
 mod binding;
 mod bridge;
 mod caps;
+mod confirm;
 mod dispatch;
 mod edge;
+mod govern;
 mod http;
 mod legacy_sse;
 mod modern;
@@ -25,10 +27,12 @@ mod session;
 mod vserver;
 
 pub use edge::HostPolicy;
+pub use govern::Who;
 
 use binding::Binding;
 use portcullis_config::{Config, Limits};
 use portcullis_identity::Identity;
+use portcullis_policy::PolicyRuntime;
 use portcullis_protocol::cursor::CursorCodec;
 use portcullis_protocol::era::Era;
 use portcullis_upstream::{UpstreamError, UpstreamHandle};
@@ -59,6 +63,9 @@ pub struct Gateway {
     default_vs: Option<String>,
     /// Token checks; `None` only with `auth.mode: off` on loopback.
     identity: Option<Arc<Identity>>,
+    /// Policy, limits and checkpoints; `None` exactly when `identity` is.
+    policy: Option<Arc<PolicyRuntime>>,
+    confirmations: confirm::Confirmations,
 }
 
 impl Gateway {
@@ -66,6 +73,7 @@ impl Gateway {
         config: &Config,
         hosts: HostPolicy,
         identity: Option<Arc<Identity>>,
+        policy: Option<Arc<PolicyRuntime>>,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
@@ -93,6 +101,8 @@ impl Gateway {
             default_vs: (config.virtual_servers.len() == 1)
                 .then(|| config.virtual_servers[0].name.clone()),
             identity,
+            policy,
+            confirmations: Default::default(),
         });
         gw.close_sessions_on_revocation();
         Ok(gw)
