@@ -6,6 +6,10 @@
 //!   tokens, OAuth clients, grants, signing-key rotation), for administrators'
 //!   API tokens with the `admin` scope, described by the OpenAPI document at
 //!   `/api/v1/openapi.json`;
+//! - the policy routes under `/api/v1/policies` and `/api/v1/approvals`
+//!   (installed Cedar policies, API-managed policy documents validated before
+//!   they are stored, "what would happen if" tests, and calls waiting for an
+//!   approver), when the gateway runs a [`PolicyRuntime`];
 //! - SCIM 2.0 provisioning under `/scim/v2` (RFC 7643 / RFC 7644), for tokens with
 //!   the `scim` scope, so an IdP (Okta, Entra ID) creates, updates and
 //!   deprovisions people and groups.
@@ -22,13 +26,36 @@ mod wire;
 
 pub use wire::rfc3339;
 
+use axum::extract::FromRef;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
 use axum::Router;
 use http::{header, HeaderValue};
 use portcullis_identity::Identity;
+use portcullis_policy::PolicyRuntime;
 use std::sync::Arc;
+
+/// What handlers share. Handlers take the part they need (`State<Arc<Identity>>`,
+/// `State<Option<Arc<PolicyRuntime>>>`) through [`FromRef`].
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    identity: Arc<Identity>,
+    /// `None` when the gateway runs without policy: the policy routes say so.
+    policy: Option<Arc<PolicyRuntime>>,
+}
+
+impl FromRef<AdminState> for Arc<Identity> {
+    fn from_ref(s: &AdminState) -> Self {
+        s.identity.clone()
+    }
+}
+
+impl FromRef<AdminState> for Option<Arc<PolicyRuntime>> {
+    fn from_ref(s: &AdminState) -> Self {
+        s.policy.clone()
+    }
+}
 
 /// Routes that need no credential.
 const PUBLIC_ROUTES: &[(&str, &str)] = &[("GET", "/api/v1/openapi.json")];
@@ -52,16 +79,16 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-fn public_endpoint(method: &str, path: &str) -> Option<MethodRouter<Arc<Identity>>> {
+fn public_endpoint(method: &str, path: &str) -> Option<MethodRouter<AdminState>> {
     match (method, path) {
         ("GET", "/api/v1/openapi.json") => Some(get(openapi)),
         _ => None,
     }
 }
 
-type Endpoint = fn(&str, &str) -> Option<MethodRouter<Arc<Identity>>>;
+type Endpoint = fn(&str, &str) -> Option<MethodRouter<AdminState>>;
 
-fn routes(table: &[(&str, &str)], endpoint: Endpoint) -> Router<Arc<Identity>> {
+fn routes(table: &[(&str, &str)], endpoint: Endpoint) -> Router<AdminState> {
     let mut r = Router::new();
     for (method, path) in table {
         match endpoint(method, path) {
@@ -72,8 +99,9 @@ fn routes(table: &[(&str, &str)], endpoint: Endpoint) -> Router<Arc<Identity>> {
     r
 }
 
-/// The admin API, SCIM and the OpenAPI document, with absolute paths.
-pub fn router(identity: Arc<Identity>) -> Router {
+/// The admin API, SCIM and the OpenAPI document, with absolute paths. With
+/// `policy: None` the policy and approval routes answer 404 `policy_disabled`.
+pub fn router(identity: Arc<Identity>, policy: Option<Arc<PolicyRuntime>>) -> Router {
     let admin = routes(api::ROUTES, api::endpoint)
         .route_layer(from_fn_with_state(identity.clone(), api::guard));
     let scim = routes(scim::ROUTES, scim::endpoint)
@@ -81,7 +109,7 @@ pub fn router(identity: Arc<Identity>) -> Router {
     routes(PUBLIC_ROUTES, public_endpoint)
         .merge(admin)
         .merge(scim)
-        .with_state(identity)
+        .with_state(AdminState { identity, policy })
 }
 
 /// Every (method, path) [`router`] serves.
@@ -94,5 +122,7 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;

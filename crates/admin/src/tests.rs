@@ -57,10 +57,10 @@ fn openapi_documents_exactly_the_routes() {
     }
 }
 
-struct Env {
-    app: Router,
-    identity: Arc<Identity>,
-    dir: PathBuf,
+pub(crate) struct Env {
+    pub app: Router,
+    pub identity: Arc<Identity>,
+    pub dir: PathBuf,
 }
 
 impl Drop for Env {
@@ -80,14 +80,14 @@ virtual_servers:
       - upstream: tiny
 "#;
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let dir =
         std::env::temp_dir().join(format!("pc-admin-{}", portcullis_store::identity::new_id()));
     let store = Store::open(&dir).await.expect("store");
     let config = portcullis_config::Config::from_yaml(CONFIG, "test.yaml").expect("config");
     let identity = Identity::open(store, &config).await.expect("identity");
     Env {
-        app: router(identity.clone()),
+        app: router(identity.clone(), None),
         identity,
         dir,
     }
@@ -95,7 +95,7 @@ async fn env() -> Env {
 
 impl Env {
     /// A user (admin or not) holding a fresh token with `scopes`.
-    async fn token(&self, username: &str, admin: bool, scopes: &[&str]) -> String {
+    pub(crate) async fn token(&self, username: &str, admin: bool, scopes: &[&str]) -> String {
         let store = self.identity.store();
         let user = accounts::upsert_local_user(store, username, "correct horse battery", admin)
             .await
@@ -108,7 +108,7 @@ impl Env {
         secret
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,

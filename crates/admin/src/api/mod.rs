@@ -1,9 +1,11 @@
 //! The admin REST API under `/api/v1`: users, service accounts, groups, API
-//! tokens, OAuth clients, grants and signing keys. Every route needs an API token
-//! with the `admin` scope whose user is an administrator.
+//! tokens, OAuth clients, grants, signing keys, Cedar policies, approvals and
+//! usage. Every route needs an API token with the `admin` scope whose user is an
+//! administrator.
 
 mod credentials;
 mod groups;
+mod policies;
 mod users;
 
 use crate::wire::{self, BodyError};
@@ -47,10 +49,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/grants"),
     ("DELETE", "/api/v1/grants/{id}"),
     ("POST", "/api/v1/keys/rotate"),
+    ("GET", "/api/v1/policies"),
+    ("POST", "/api/v1/policies/test"),
+    ("GET", "/api/v1/policies/{name}"),
+    ("PUT", "/api/v1/policies/{name}"),
+    ("DELETE", "/api/v1/policies/{name}"),
+    ("GET", "/api/v1/approvals"),
+    ("POST", "/api/v1/approvals/{id}"),
+    ("GET", "/api/v1/usage"),
 ];
 
 /// The handler registered for one entry of [`ROUTES`].
-pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<Ctx>> {
+pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<crate::AdminState>> {
     Some(match (method, path) {
         ("GET", "/api/v1/users") => get(users::list),
         ("POST", "/api/v1/users") => post(users::create),
@@ -75,6 +85,14 @@ pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<Ctx>> {
         ("GET", "/api/v1/grants") => get(credentials::list_grants),
         ("DELETE", "/api/v1/grants/{id}") => delete(credentials::revoke_grant),
         ("POST", "/api/v1/keys/rotate") => post(credentials::rotate_keys),
+        ("GET", "/api/v1/policies") => get(policies::list),
+        ("POST", "/api/v1/policies/test") => post(policies::test),
+        ("GET", "/api/v1/policies/{name}") => get(policies::show),
+        ("PUT", "/api/v1/policies/{name}") => put(policies::put),
+        ("DELETE", "/api/v1/policies/{name}") => delete(policies::remove),
+        ("GET", "/api/v1/approvals") => get(policies::approvals),
+        ("POST", "/api/v1/approvals/{id}") => post(policies::decide),
+        ("GET", "/api/v1/usage") => get(policies::usage),
         _ => return None,
     })
 }
@@ -87,6 +105,8 @@ pub struct ApiError {
     description: String,
     /// `WWW-Authenticate` value for 401 and 403.
     challenge: Option<String>,
+    /// Fields added to the body (an object), e.g. located policy errors.
+    details: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -96,6 +116,7 @@ impl ApiError {
             error,
             description: description.into(),
             challenge: None,
+            details: None,
         }
     }
 
@@ -150,7 +171,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "error_description": self.description});
+        let mut body = json!({"error": self.error, "error_description": self.description});
+        if let (Some(Value::Object(extra)), Some(b)) =
+            (self.details.map(|d| *d), body.as_object_mut())
+        {
+            b.extend(extra);
+        }
         let mut resp = wire::json_response(self.status, "application/json", &body);
         if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);

@@ -53,7 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/scim/v2/Schemas/{id}"),
 ];
 
-pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<Ctx>> {
+pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<crate::AdminState>> {
     Some(match (method, path) {
         ("GET", "/scim/v2/Users") => get(users::list),
         ("POST", "/scim/v2/Users") => post(users::create),
