@@ -3,6 +3,7 @@
 
 mod accounts;
 mod demo;
+mod policy;
 mod proxy;
 mod serve;
 
@@ -54,6 +55,8 @@ enum Command {
     Token(accounts::TokenArgs),
     /// Rotate the token signing key.
     Keys(accounts::KeysArgs),
+    /// Check, test, list and manage Cedar policies.
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             Command::ServiceAccount(a) => accounts::service_account(a).await,
             Command::Token(a) => accounts::token(a).await,
             Command::Keys(a) => accounts::keys(a).await,
+            Command::Policy(a) => policy::run(a).await,
         }
     })
 }

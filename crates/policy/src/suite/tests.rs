@@ -275,3 +275,40 @@ fn timestamps() {
     assert_eq!(parse_rfc3339("2024-02-29T24:00:00Z"), None);
     assert_eq!(parse_rfc3339("2024-02-29T23:59:59"), None);
 }
+
+/// The shipped example policies pass their shipped suite, and the same suite
+/// with one expectation flipped fails (what CI relies on).
+#[test]
+fn the_examples_pass_their_suite() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let config = Config::load(&root.join("policy-config.yaml")).expect("example config");
+    let dir = config.policy.dir.clone().expect("policy.dir");
+    let engine = PolicyEngine::new(&config).expect("engine");
+    engine
+        .load(&crate::read_dir(&dir).expect("example policies"))
+        .expect("the example policies are valid");
+    let text = std::fs::read_to_string(root.join("policy-tests.yaml")).expect("example suite");
+    let mut suite = Suite::from_yaml(&text).expect("suite parses");
+    assert!(suite.cases.len() >= 12);
+    suite.resolve(&config).expect("resolves");
+    let report = suite
+        .run(&engine, &engine.current(), unix_now())
+        .expect("runs");
+    let failed: Vec<_> = report.cases.iter().filter(|c| !c.passed).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let allowed = report.cases.iter().filter(|c| c.allowed).count();
+    assert!(allowed > 3 && report.cases.len() - allowed > 3);
+
+    let flipped = text.replacen("expect: allow", "expect: deny", 1);
+    let mut suite = Suite::from_yaml(&flipped).expect("suite parses");
+    suite.resolve(&config).expect("resolves");
+    let report = suite.run(&engine, &engine.current(), 0).expect("runs");
+    assert_eq!(report.failed, 1);
+}
+
+/// Cases without `time` are decided now, as the CLI does.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
