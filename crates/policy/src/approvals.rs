@@ -121,7 +121,7 @@ mod tests {
         });
         assert_eq!(a.list().len(), 1);
         a.decide(&id, true, "bob").unwrap();
-        assert_eq!(rx.await.unwrap().approved, true);
+        assert!(rx.await.unwrap().approved);
         assert!(a.list().is_empty());
         assert_eq!(
             a.decide(&id, false, "bob").unwrap_err(),
