@@ -64,6 +64,13 @@ async def test_demo_serves_real_upstreams(tmp_path) -> None:
                     assert "hello demo" in result.content[0].text
                     files = await client.call_tool("files_read_text_file", {"path": str((tmp_path / "demo" / "files" / "welcome.txt").resolve())})
                     assert "Portcullis demo" in files.content[0].text, files
+                    escape = str(tmp_path / "demo" / "files" / ".." / "portcullis.db")
+                    denied = None
+                    try:
+                        await client.call_tool("files_read_text_file", {"path": escape})
+                    except Exception as e:  # noqa: BLE001 - the SDK raises the JSON-RPC error
+                        denied = str(e)
+                    assert denied and "denied by policy" in denied, denied
                 break
             except Exception:  # noqa: BLE001 - npx may still be fetching the servers
                 if time.monotonic() > deadline:

@@ -60,6 +60,7 @@ pub fn demo_config(listen: &str, data_dir: &std::path::Path) -> anyhow::Result<C
         )?;
     }
     let files = std::fs::canonicalize(&files)?;
+    let policies = demo_policies(data_dir, &files)?;
     let yaml = format!(
         r#"
 listen: {listen}
@@ -87,6 +88,8 @@ upstreams:
       description: Read and write files in the demo directory
       risk_tier: 2
       data_domains: [files]
+policy:
+  dir: {policies}
 virtual_servers:
   - name: demo
     description: Portcullis demo - tools from the everything server (ev_*) and a sandboxed filesystem (files_*).
@@ -100,12 +103,42 @@ virtual_servers:
         listen = serde_json::to_string(listen)?,
         data_dir = serde_json::to_string(&data_dir.display().to_string())?,
         files = serde_json::to_string(&files.display().to_string())?,
+        policies = serde_json::to_string(&policies.display().to_string())?,
         everything =
             serde_json::to_string(&entry(data_dir, "server-everything").display().to_string())?,
         filesystem =
             serde_json::to_string(&entry(data_dir, "server-filesystem").display().to_string())?,
     );
     Ok(Config::from_yaml(&yaml, "demo")?)
+}
+
+/// The demo's policy directory, with a starting policy the user can edit
+/// (the gateway reloads it on save).
+fn demo_policies(data_dir: &Path, files: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("policies");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("demo.cedar");
+    if !file.exists() {
+        let inside = serde_json::to_string(&format!("{}/*", files.display()))?;
+        std::fs::write(
+            &file,
+            format!(
+                r#"// Demo policies: edit and save, the gateway reloads them. See docs/policy.md.
+
+// Everyone who may use the demo virtual server may use all of it...
+@id("demo-everyone")
+permit(principal, action, resource in VirtualServer::"demo");
+
+// ...except that file tools never touch paths outside the demo directory
+// (`derived.path` is the argument with `.` and `..` resolved).
+@id("files-stay-in-the-demo-directory")
+forbid(principal, action == Action::"call_tool", resource in Server::"files")
+when {{ context.args has path && !(context.derived.path.path like {inside}) }};
+"#
+            ),
+        )?;
+    }
+    Ok(dir)
 }
 
 pub async fn run(listen: String, data_dir: PathBuf) -> anyhow::Result<()> {

@@ -143,6 +143,9 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         } => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; closing them"),
     }
     gateway.shutdown().await;
+    if let Some(p) = &policy {
+        p.flush_usage().await;
+    }
     for t in threads {
         // A worker still draining after the deadline is abandoned with the process.
         if t.is_finished() {

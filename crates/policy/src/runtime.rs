@@ -32,6 +32,9 @@ struct Fingerprint {
     stored_revision: i64,
 }
 
+/// How often usage and quota counters reach the store (and other replicas).
+const USAGE_FLUSH: Duration = Duration::from_secs(5);
+
 /// The stored documents' origin prefix, so errors say where a policy lives.
 pub const STORED_PREFIX: &str = "api:";
 
@@ -51,7 +54,21 @@ impl PolicyRuntime {
             last_error: Mutex::new(None),
         });
         rt.reload().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Err(e) = rt.limits.restore(&rt.store, now).await {
+            // Quotas then start from zero today; calls are not refused for it.
+            tracing::error!(error = %e, "could not restore today's quota counters");
+        }
         Ok(rt)
+    }
+
+    /// Write usage and quota counters not yet in the store.
+    pub async fn flush_usage(&self) {
+        if let Err(e) = self.limits.flush(&self.store).await {
+            tracing::warn!(error = %e, "could not flush usage counters; they are kept for the next flush");
+        }
     }
 
     /// Every source: the directory's files, then stored documents. With
@@ -151,8 +168,19 @@ impl PolicyRuntime {
         self.lock_err().clone()
     }
 
-    /// Check the directory and the store every `policy.reload_interval_ms`.
+    /// Check the directory and the store every `policy.reload_interval_ms`,
+    /// and flush usage counters every few seconds.
     pub fn spawn_watcher(self: &Arc<Self>) {
+        let flusher = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(USAGE_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(rt) = flusher.upgrade() else { return };
+                rt.flush_usage().await;
+            }
+        });
         let rt = Arc::downgrade(self);
         let every = self.reload_interval;
         tokio::spawn(async move {
