@@ -72,7 +72,7 @@ pub async fn handle(
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             call_uri(gw, caller, who, msg, id, out).await
         }
-        "completion/complete" => complete(caller, msg, id, out).await,
+        "completion/complete" => complete(gw, caller, who, msg, id, out).await,
         "logging/setLevel" => {
             fan_out(binding, &msg).await;
             result_response(id, json!({}))
@@ -326,7 +326,14 @@ async fn call_uri(
     resp
 }
 
-async fn complete(caller: &Caller, mut msg: Value, id: Value, out: &Out) -> Value {
+async fn complete(
+    gw: &Gateway,
+    caller: &Caller,
+    who: Option<&Who>,
+    mut msg: Value,
+    id: Value,
+    out: &Out,
+) -> Value {
     let binding = caller.binding();
     let kind = msg
         .pointer("/params/ref/type")
@@ -368,6 +375,32 @@ async fn complete(caller: &Caller, mut msg: Value, id: Value, out: &Out) -> Valu
             "completion reference names nothing on this server",
         );
     };
+    // Completions reveal a prompt's or resource's arguments: only for what the caller may see.
+    let exposed = msg
+        .pointer(if field == "name" {
+            "/params/ref/name"
+        } else {
+            "/params/ref/uri"
+        })
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let used = Use {
+        kind: if field == "name" {
+            ListKind::Prompts
+        } else {
+            ListKind::Resources
+        },
+        exposed,
+        member,
+        upstream_name: &upstream,
+    };
+    if !govern::may_see(gw, binding, who, &used) {
+        return error_response(
+            id,
+            ErrorCode::InvalidParams,
+            "completion reference names nothing on this server",
+        );
+    }
     msg["params"]["ref"][field] = Value::from(upstream);
     forward(caller, member, msg, id, out, None).await
 }

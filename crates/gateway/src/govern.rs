@@ -343,3 +343,18 @@ pub(crate) fn carry_confirmation(
     gw.confirmations
         .carry(who, &target, args.and_then(Value::as_object), resp);
 }
+
+/// Whether the caller may see one item (as in a filtered list); always true
+/// for ungoverned callers.
+pub(crate) fn may_see(gw: &Gateway, binding: &Binding, who: Option<&Who>, u: &Use<'_>) -> bool {
+    let (Some(rt), Some(who)) = (gw.policy.as_deref(), who) else {
+        return true;
+    };
+    let ask = Ask {
+        subject: who.subject(),
+        target: target(binding, u, None),
+        args: None,
+        now: now(),
+    };
+    rt.engine.visible(&rt.engine.current(), &ask)
+}
