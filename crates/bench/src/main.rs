@@ -9,6 +9,7 @@ mod client;
 mod gateway;
 mod load;
 mod micro;
+mod policy;
 mod report;
 mod revoke;
 mod stats;
@@ -51,6 +52,8 @@ enum Sub {
     Validate(micro::Args),
     /// Revocation-to-denial time against a running gateway with authentication on.
     Revocation(revoke::Args),
+    /// Micro-benchmark of policy decisions (`PolicyEngine::decide`), in process.
+    Policy(policy::Args),
 }
 
 /// Benchmarks MCP tools/call directly against an upstream and through Portcullis.
@@ -255,6 +258,7 @@ fn run(args: Args) -> Result<ExitCode> {
     match &args.command {
         Some(Sub::Validate(a)) => return micro::run(a).map(|()| ExitCode::SUCCESS),
         Some(Sub::Revocation(a)) => return revoke::run(a),
+        Some(Sub::Policy(a)) => return policy::run(a).map(|()| ExitCode::SUCCESS),
         None => {}
     }
     let eras: &[Era] = match args.era {

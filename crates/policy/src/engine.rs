@@ -8,7 +8,7 @@ use crate::schema::{self, ArgumentUse};
 use crate::source::{parse_all, PolicyInfo, PolicySource, SourceError};
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
-    EntityUid, Policy, PolicyId, PolicySet, Request, ResourceConstraint,
+    EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
 };
 use portcullis_config::Config;
 use serde_json::{Map, Value};
@@ -74,8 +74,8 @@ pub struct Compiled {
     by_entity: HashMap<EntityUid, Vec<PolicyId>>,
     /// Policies with an open resource scope.
     general: Vec<PolicyId>,
-    /// Per (action, resource) policy sets, built on first use.
-    slices: RwLock<HashMap<(&'static str, EntityUid), Arc<PolicySet>>>,
+    /// Per (action, resource) slices, built on first use.
+    slices: RwLock<HashMap<(&'static str, EntityUid), Arc<ResourceSlice>>>,
 }
 
 const MAX_CACHED_SLICES: usize = 50_000;
@@ -89,12 +89,26 @@ impl Compiled {
         &self.used
     }
 
+    /// The policies that can apply to this principal, action and resource.
+    /// Cedar has no index, so evaluation cost grows with every policy in the
+    /// set it is given: slice by resource scope first, then by principal scope.
     fn slice(
         &self,
         action: &'static str,
         resource: &EntityUid,
         ancestors: &[EntityUid],
+        subject: &Subject,
     ) -> Arc<PolicySet> {
+        let by_resource = self.resource_slice(action, resource, ancestors);
+        by_resource.for_principal(subject)
+    }
+
+    fn resource_slice(
+        &self,
+        action: &'static str,
+        resource: &EntityUid,
+        ancestors: &[EntityUid],
+    ) -> Arc<ResourceSlice> {
         let key = (action, resource.clone());
         if let Some(s) = self
             .slices
@@ -111,11 +125,11 @@ impl Compiled {
                 ids.extend(v);
             }
         }
-        let mut set = PolicySet::new();
+        let mut slice = ResourceSlice::default();
         for id in ids {
             if let Some(p) = self.set.policy(id) {
                 if applies_to_action(p, &action_uid) {
-                    let _ = set.add(p.clone());
+                    slice.add(p.clone());
                 }
             }
         }
@@ -125,15 +139,93 @@ impl Compiled {
                 Some(PolicyId::new("builtin:list")),
                 r#"permit(principal, action == Action::"list", resource);"#,
             ) {
-                let _ = set.add(p);
+                slice.add(p);
             }
         }
-        let set = Arc::new(set);
+        let slice = Arc::new(slice);
         let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
         if slices.len() >= MAX_CACHED_SLICES {
             slices.clear();
         }
-        slices.insert(key, set.clone());
+        slices.insert(key, slice.clone());
+        slice
+    }
+}
+
+/// One resource's policies, split by principal scope. Groups are flat (a
+/// group is never a member of another), so `principal in Group::"g"` can only
+/// hold for members of `g`, and `principal == X` only for `X`.
+#[derive(Default)]
+struct ResourceSlice {
+    any: Vec<Policy>,
+    by_group: HashMap<String, Vec<Policy>>,
+    by_principal: HashMap<EntityUid, Vec<Policy>>,
+    /// Policy sets per relevant principal key, built on first use.
+    sets: RwLock<HashMap<String, Arc<PolicySet>>>,
+}
+
+const MAX_SETS_PER_SLICE: usize = 4096;
+
+impl ResourceSlice {
+    fn add(&mut self, p: Policy) {
+        let group_type = &facts::types().group;
+        let scope = match p.principal_constraint() {
+            PrincipalConstraint::In(e) | PrincipalConstraint::IsIn(_, e) => Some(e),
+            PrincipalConstraint::Eq(e) => Some(e),
+            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
+        };
+        match scope {
+            Some(e) if e.type_name() == group_type => self
+                .by_group
+                .entry(e.id().unescaped().to_owned())
+                .or_default()
+                .push(p),
+            Some(e) => self.by_principal.entry(e).or_default().push(p),
+            None => self.any.push(p),
+        }
+    }
+
+    fn for_principal(&self, subject: &Subject) -> Arc<PolicySet> {
+        let principal = facts::principal_uid(subject);
+        let mut key = String::new();
+        for g in subject.groups {
+            if self.by_group.contains_key(g) {
+                key.push_str(g);
+                key.push('\0');
+            }
+        }
+        let personal = self.by_principal.contains_key(&principal);
+        if personal {
+            key.push_str(subject.user_id);
+        }
+        if let Some(s) = self
+            .sets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        let mut set = PolicySet::new();
+        let groups = subject.groups.iter().filter_map(|g| self.by_group.get(g));
+        let own = personal
+            .then(|| self.by_principal.get(&principal))
+            .flatten();
+        for p in self
+            .any
+            .iter()
+            .chain(groups.flatten())
+            .chain(own.into_iter().flatten())
+        {
+            // A policy can reach here twice only through a duplicated group name.
+            let _ = set.add(p.clone());
+        }
+        let set = Arc::new(set);
+        let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
+        if sets.len() >= MAX_SETS_PER_SLICE {
+            sets.clear();
+        }
+        sets.insert(key, set.clone());
         set
     }
 }
@@ -319,7 +411,7 @@ impl PolicyEngine {
         };
         let action = ask.target.action();
         let (resource, resource_entity, ancestors) = self.resource(&ask.target);
-        let slice = compiled.slice(action, &resource, &ancestors);
+        let slice = compiled.slice(action, &resource, &ancestors, &ask.subject);
         if slice.is_empty() {
             return deny(Vec::new(), Vec::new());
         }
@@ -406,7 +498,7 @@ impl PolicyEngine {
     pub fn visible(&self, compiled: &Compiled, ask: &Ask) -> bool {
         let action = ask.target.action();
         let (resource, resource_entity, ancestors) = self.resource(&ask.target);
-        let slice = compiled.slice(action, &resource, &ancestors);
+        let slice = compiled.slice(action, &resource, &ancestors, &ask.subject);
         if slice.is_empty() {
             return false;
         }
