@@ -541,25 +541,6 @@ impl RateLimiter {
     }
 }
 
-// The free-function forms the runtime was specified against; they only
-// delegate (dead until runtime.rs calls them, hence the allowances).
-
-/// [`RateLimiter::flush`].
-#[allow(dead_code)]
-pub async fn flush(limiter: &RateLimiter, store: &Store) -> Result<(), StoreError> {
-    limiter.flush(store).await
-}
-
-/// [`RateLimiter::restore`].
-#[allow(dead_code)]
-pub async fn restore(
-    limiter: &RateLimiter,
-    store: &Store,
-    now_unix: i64,
-) -> Result<(), StoreError> {
-    limiter.restore(store, now_unix).await
-}
-
 /// `YYYY-MM-DD` of a day number since 1970-01-01 (Howard Hinnant's
 /// civil_from_days; no date crate for one conversion).
 fn day_label(days: i64) -> String {
