@@ -26,12 +26,7 @@ const STATE_PREFIX: &str = "pcx1.";
 /// How long a 2026-07-28 client has to come back with the answer.
 const STATE_TTL_SECS: i64 = 600;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use crate::govern::now;
 
 fn summary(target: &Target, args: Option<&Map<String, Value>>) -> String {
     let what = match target {

@@ -61,7 +61,8 @@ pub(crate) struct Passed {
     pub confirmed_modern: bool,
 }
 
-fn now() -> i64 {
+/// Unix seconds.
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

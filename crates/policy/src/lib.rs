@@ -21,7 +21,7 @@ pub use approvals::{ApprovalError, Approvals, PendingApproval, Verdict};
 pub use derive::{normalize_path, Patterns};
 pub use engine::{Ask, Checkpoint, Compiled, Decision, PolicyEngine, PolicyError};
 pub use facts::{Subject, Target, ToolFlags, DEFAULT_RISK_TIER};
-pub use limits::{LimitedCall, RateLimiter, Refusal, RefusalKind};
+pub use limits::{day_label, LimitedCall, RateLimiter, Refusal, RefusalKind, UsageRow};
 pub use runtime::{PolicyRuntime, STORED_PREFIX};
 pub use schema::{schema_text, ArgumentUse};
 pub use source::{read_dir, PolicyInfo, PolicySource, SourceError};

@@ -543,7 +543,7 @@ impl RateLimiter {
 
 /// `YYYY-MM-DD` of a day number since 1970-01-01 (Howard Hinnant's
 /// civil_from_days; no date crate for one conversion).
-fn day_label(days: i64) -> String {
+pub fn day_label(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
