@@ -4,14 +4,18 @@
 //! and key, references and exposed names are checked before anything starts. It does
 //! not start anything and does not persist anything (that is `portcullis-store`).
 
+mod audit;
 mod auth;
 mod model;
 mod policy;
+mod telemetry;
 mod validate;
 
+pub use audit::*;
 pub use auth::*;
 pub use model::*;
 pub use policy::*;
+pub use telemetry::*;
 pub use validate::ConfigError;
 
 use std::path::Path;
@@ -55,6 +59,17 @@ impl Config {
         for idp in &mut self.auth.idps {
             if let Some(secret) = &mut idp.client_secret {
                 *secret = expand(secret)?;
+            }
+        }
+        for sink in &mut self.audit.sinks {
+            match &mut sink.kind {
+                SinkKind::SplunkHec { token, .. } => *token = expand(token)?,
+                SinkKind::Otlp { headers, .. } => {
+                    for value in headers.values_mut() {
+                        *value = expand(value)?;
+                    }
+                }
+                SinkKind::File { .. } | SinkKind::Syslog { .. } => {}
             }
         }
         Ok(())

@@ -29,6 +29,10 @@ pub struct Config {
     #[serde(default)]
     pub policy: crate::policy::Policy,
     #[serde(default)]
+    pub audit: crate::audit::Audit,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
+    #[serde(default)]
     pub upstreams: Vec<Upstream>,
     #[serde(default)]
     pub virtual_servers: Vec<VirtualServer>,

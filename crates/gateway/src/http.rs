@@ -2,7 +2,8 @@
 
 use crate::binding::Binding;
 use crate::dispatch::{self, Caller};
-use crate::respond::{self, cancelled_response, Pending, Work};
+use crate::observe;
+use crate::respond::{self, Pending, Work};
 use crate::session::{Session, Waiter};
 use crate::{caps, legacy_sse, modern, Gateway, Who};
 use axum::body::Body;
@@ -96,7 +97,7 @@ pub(crate) async fn read_message(
     gw: &Gateway,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Message, Response> {
+) -> Result<(Message, observe::Arrival), Response> {
     let ct = header(headers, "content-type").unwrap_or("");
     if !ct.to_ascii_lowercase().starts_with("application/json") {
         return Err(json_error(
@@ -113,8 +114,15 @@ pub(crate) async fn read_message(
             &format!("request body exceeds the limit of {limit} bytes"),
         )
     })?;
-    Message::parse(&bytes)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()))
+    let msg = Message::parse(&bytes)
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()))?;
+    let arrival = observe::Arrival {
+        traceparent: header(headers, "traceparent").map(str::to_owned),
+        user_agent: header(headers, "user-agent").map(str::to_owned),
+        bytes_in: bytes.len(),
+        ..Default::default()
+    };
+    Ok((msg, arrival))
 }
 
 async fn post_message(
@@ -129,7 +137,7 @@ async fn post_message(
     if let Err(r) = admit(&gw, &headers, &vs) {
         return r;
     }
-    let msg = match read_message(&gw, &headers, body).await {
+    let (msg, arrival) = match read_message(&gw, &headers, body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -142,7 +150,7 @@ async fn post_message(
     let explicit_modern =
         era::meta_protocol_version(&msg.value).is_some_and(|v| !era::is_legacy_version(v));
     if is_modern && (explicit_modern || msg.method() != Some("initialize")) {
-        return post_modern(gw, &vs, &headers, msg, who.map(|w| w.0)).await;
+        return post_modern(gw, &vs, &headers, msg, arrival, who.map(|w| w.0)).await;
     }
     if msg.method() == Some("initialize") {
         if session_id.is_some() {
@@ -188,7 +196,7 @@ async fn post_message(
         }
     }
     session.touch();
-    match on_session_message(&gw, &session, msg, who.map(|w| w.0)).await {
+    match on_session_message(&gw, &session, msg, arrival, who.map(|w| w.0)).await {
         Some(Reply::Request(pending)) => {
             let sse = header(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
             respond::legacy(session, pending, sse).await
@@ -213,6 +221,7 @@ pub(crate) async fn on_session_message(
     gw: &Arc<Gateway>,
     session: &Arc<Session>,
     msg: Message,
+    arrival: observe::Arrival,
     who: Option<Who>,
 ) -> Option<Reply> {
     match msg.kind {
@@ -254,15 +263,29 @@ pub(crate) async fn on_session_message(
             let caller = Caller::Legacy(session.clone());
             let gw2 = gw.clone();
             let client_id = id.clone();
-            let (work, abort) = futures_util::future::abortable(async move {
-                dispatch::handle(&gw2, &caller, who.as_ref(), msg.value, &method, id, &out_tx).await
-            });
+            let (abort, registration) = futures_util::future::AbortHandle::new_pair();
             session.track(&client_id, abort);
             let s2 = session.clone();
+            let arrival = observe::Arrival {
+                session_id: Some(session.id.clone()),
+                protocol_version: Some(session.protocol_version.clone()),
+                ..arrival
+            };
             let work: Work = Box::pin(async move {
-                let resp = work.await;
+                let resp = observe::serve(
+                    &gw2,
+                    &caller,
+                    who.as_ref(),
+                    msg.value,
+                    &method,
+                    id,
+                    &out_tx,
+                    arrival,
+                    Some(registration),
+                )
+                .await;
                 s2.untrack(&client_id);
-                resp.unwrap_or_else(|_| cancelled_response(client_id))
+                resp
             });
             Some(Reply::Request(Pending { rx, work }))
         }
@@ -377,6 +400,7 @@ async fn post_modern(
     vs_name: &str,
     headers: &HeaderMap,
     msg: Message,
+    arrival: observe::Arrival,
     who: Option<Who>,
 ) -> Response {
     let (id, method) = match &msg.kind {
@@ -423,8 +447,23 @@ async fn post_modern(
     let (out_tx, rx) = mpsc::unbounded_channel();
     let m2 = method.clone();
     let gw2 = gw.clone();
+    let arrival = observe::Arrival {
+        protocol_version: era::meta_protocol_version(&msg.value).map(str::to_owned),
+        ..arrival
+    };
     let work: Work = Box::pin(async move {
-        dispatch::handle(&gw2, &caller, who.as_ref(), msg.value, &m2, id, &out_tx).await
+        observe::serve(
+            &gw2,
+            &caller,
+            who.as_ref(),
+            msg.value,
+            &m2,
+            id,
+            &out_tx,
+            arrival,
+            None,
+        )
+        .await
     });
     let info = gw.server_info(vs_name);
     respond::modern(Pending { rx, work }, method, info).await

@@ -118,7 +118,7 @@ pub(crate) async fn post(
             "unknown SSE session",
         );
     };
-    let msg = match read_message(&gw, &headers, body).await {
+    let (msg, arrival) = match read_message(&gw, &headers, body).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -145,7 +145,7 @@ pub(crate) async fn post(
         }
     };
     session.touch();
-    match on_session_message(&gw, &session, msg, who.map(|w| w.0)).await {
+    match on_session_message(&gw, &session, msg, arrival, who.map(|w| w.0)).await {
         Some(Reply::Request(Pending { mut rx, mut work })) => {
             tokio::spawn(async move {
                 let paused = |m: &Value| {

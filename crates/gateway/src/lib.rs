@@ -21,9 +21,11 @@ mod govern;
 mod http;
 mod legacy_sse;
 mod modern;
+mod observe;
 mod replay;
 mod respond;
 mod session;
+mod telemetry_hook;
 mod vserver;
 
 pub use edge::HostPolicy;
