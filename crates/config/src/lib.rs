@@ -72,6 +72,7 @@ impl Config {
                 SinkKind::File { .. } | SinkKind::Syslog { .. } => {}
             }
         }
+        self.telemetry.expand_env(expand)?;
         Ok(())
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     validate_auth(&config.auth)?;
     validate_policy(&config.policy)?;
+    crate::telemetry::validate(&config.telemetry)?;
     let mut upstreams = BTreeSet::new();
     for up in &config.upstreams {
         let at = format!("upstream {:?}", up.name);
