@@ -1,0 +1,295 @@
+use super::*;
+use portcullis_config::Audit;
+use serde_json::json;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "pc-audit-{name}-{}-{}",
+        std::process::id(),
+        now_us()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn open(dir: &std::path::Path) -> Auditor {
+    Auditor::open(&Audit::default(), dir).await.unwrap()
+}
+
+fn call(user: &str, tool: &str, args: serde_json::Value) -> AuditEvent {
+    let mut e = AuditEvent::new("mcp.request");
+    e.actor = Some(Actor {
+        kind: "user".into(),
+        username: Some(user.into()),
+        ..Default::default()
+    });
+    e.target = Some(Target {
+        virtual_server: Some("demo".into()),
+        upstream: Some("files".into()),
+        tool: Some(tool.into()),
+        ..Default::default()
+    });
+    e.request = Some(Request {
+        method: "tools/call".into(),
+        arguments: Some(args),
+        ..Default::default()
+    });
+    e.outcome = Some(Outcome {
+        status: "success".into(),
+        ..Default::default()
+    });
+    e
+}
+
+async fn key(dir: &std::path::Path) -> keys::PublicKey {
+    let text = std::fs::read_to_string(dir.join("audit-signing.key.pub")).unwrap();
+    keys::PublicKey::from_hex(&text).unwrap()
+}
+
+#[test]
+fn canonical_json_sorts_keys_and_escapes() {
+    let v = json!({"b": 1, "a": {"d": [1, "x\"y\n"], "c": null}});
+    assert_eq!(
+        canonical_json(&v),
+        r#"{"a":{"c":null,"d":[1,"x\"y\n"]},"b":1}"#
+    );
+}
+
+#[test]
+fn times_round_trip() {
+    let t = 1_795_000_000_123_456;
+    assert_eq!(parse_time(&format_time(t)), Some(t));
+    assert_eq!(format_time(0), "1970-01-01T00:00:00.000000Z");
+    assert_eq!(parse_time("2024-02-29"), Some(1_709_164_800_000_000));
+    assert_eq!(
+        parse_time("2024-02-29T01:00:00+01:00"),
+        Some(1_709_164_800_000_000)
+    );
+    assert!(parse_time("yesterday").is_none());
+    assert!(parse_time("1h").unwrap() < now_us());
+}
+
+#[test]
+fn masks_secret_names_and_shapes() {
+    let m = Masker::new(&["ssn".into()], b"k".to_vec());
+    let out = m.arguments(&json!({
+        "password": "hunter2", "apiToken": "abc", "ssn": "123", "path": "/tmp/x",
+        "note": "use ghp_0123456789abcdefghijABCDEFGHIJ0123 please",
+        "nested": {"client_secret": "s3cr3t", "list": ["Bearer abcdefghijklmnopqrstuv"]},
+        "long": "x".repeat(1000)
+    }));
+    let text = out.to_string();
+    for secret in [
+        "hunter2",
+        "abc\"",
+        "123\"",
+        "ghp_0123",
+        "s3cr3t",
+        "abcdefghijklmnopqrstuv",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert_eq!(out["path"], "/tmp/x");
+    assert!(out["long"].as_str().unwrap().ends_with("[len=1000]"));
+    assert!(m.digest(&json!({"a": 1})).starts_with("hmac-sha256:"));
+}
+
+#[tokio::test]
+async fn records_chain_and_verify_then_detect_edit_insert_delete() {
+    let dir = temp_dir("chain");
+    let a = open(&dir).await;
+    let mut seqs = Vec::new();
+    for i in 0..20 {
+        seqs.push(
+            a.record(call("alice", &format!("t{i}"), json!({"i": i})))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs.windows(2).filter(|w| w[1] != w[0] + 1).count(), 0);
+    a.close().await;
+    let db = AuditDb::open_existing(&dir.join("audit.db")).await.unwrap();
+    let pk = key(&dir).await;
+    let r = verify(&db, &pk).await.unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.records, 22); // audit.started, 20 calls, audit.stopped
+    assert!(r.checkpoints_verified >= 1);
+    assert_eq!(r.unsealed, 0);
+
+    // Edit a column only.
+    sqlx::query("UPDATE audit_records SET username = 'mallory' WHERE seq = 5")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let r = verify(&db, &pk).await.unwrap();
+    assert_eq!(r.problem.as_ref().map(|p| p.seq), Some(5), "{r:?}");
+    assert!(r.problem.unwrap().reason.contains("username"));
+    sqlx::query("UPDATE audit_records SET username = 'alice' WHERE seq = 5")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert!(verify(&db, &pk).await.unwrap().ok());
+
+    // Edit the body.
+    let body: String = sqlx::query_scalar("SELECT body FROM audit_records WHERE seq = 7")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_records SET body = ? WHERE seq = 7")
+        .bind(body.replace("\"success\"", "\"denied\""))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let r = verify(&db, &pk).await.unwrap();
+    assert_eq!(r.problem.as_ref().map(|p| p.seq), Some(7), "{r:?}");
+    sqlx::query("UPDATE audit_records SET body = ? WHERE seq = 7")
+        .bind(&body)
+        .execute(db.pool())
+        .await
+        .unwrap();
+
+    // Delete one in the middle.
+    let row: (String, String, String) =
+        sqlx::query_as("SELECT body, prev_hash, hash FROM audit_records WHERE seq = 10")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    sqlx::query("DELETE FROM audit_records WHERE seq = 10")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let r = verify(&db, &pk).await.unwrap();
+    assert_eq!(r.problem.as_ref().map(|p| p.seq), Some(11), "{r:?}");
+    assert!(r.problem.unwrap().reason.contains("missing"));
+
+    // Insert a forged record in its place.
+    let forged = row.0.replace("t8", "t8-forged");
+    sqlx::query("INSERT INTO audit_records (seq, event_id, time_us, event_type, replica, username, virtual_server, upstream, tool, method, outcome, body, prev_hash, hash) SELECT 10, event_id, time_us, event_type, replica, username, virtual_server, upstream, 't8-forged', method, outcome, ?, ?, ? FROM audit_records WHERE seq = 9")
+        .bind(&forged).bind(&row.1).bind(chain_hash(&row.1, 10, &forged))
+        .execute(db.pool()).await.unwrap();
+    let r = verify(&db, &pk).await.unwrap();
+    assert!(
+        matches!(r.problem.as_ref().map(|p| p.seq), Some(10) | Some(11)),
+        "{r:?}"
+    );
+
+    // Truncate the tail.
+    let fresh = temp_dir("tail");
+    let a = open(&fresh).await;
+    for i in 0..5 {
+        a.record(call("bob", &format!("t{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    a.close().await;
+    let db2 = AuditDb::open_existing(&fresh.join("audit.db"))
+        .await
+        .unwrap();
+    let max = db2.max_seq().await.unwrap();
+    sqlx::query("DELETE FROM audit_records WHERE seq = ?")
+        .bind(max)
+        .execute(db2.pool())
+        .await
+        .unwrap();
+    let r = verify(&db2, &key(&fresh).await).await.unwrap();
+    assert_eq!(r.problem.as_ref().map(|p| p.seq), Some(max), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_key_fails_verification() {
+    let dir = temp_dir("key");
+    let a = open(&dir).await;
+    a.record(call("alice", "t", json!({}))).await.unwrap();
+    a.close().await;
+    let db = AuditDb::open_existing(&dir.join("audit.db")).await.unwrap();
+    let other = temp_dir("other");
+    let _ = SigningKey::load_or_create(&other.join("k")).unwrap();
+    let wrong =
+        keys::PublicKey::from_hex(&std::fs::read_to_string(other.join("k.pub")).unwrap()).unwrap();
+    let r = verify(&db, &wrong).await.unwrap();
+    assert!(r.problem.unwrap().reason.contains("signature"));
+}
+
+#[tokio::test]
+async fn concurrent_records_group_commit_and_search() {
+    let dir = temp_dir("group");
+    let a = open(&dir).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            a.record(call(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                "echo",
+                json!({"i": i}),
+            ))
+            .await
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap());
+    }
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 200);
+    let stats = a.batch_stats();
+    assert_eq!(stats["records"], 201);
+    let db = a.db().unwrap().clone();
+    let hits = Query {
+        user: Some("alice".into()),
+        limit: Some(1000),
+        ..Default::default()
+    }
+    .run(&db)
+    .await
+    .unwrap();
+    assert_eq!(hits.len(), 100);
+    assert!(hits.windows(2).all(|w| w[0].seq > w[1].seq));
+    let none = Query {
+        user: Some("alice".into()),
+        outcome: Some("denied".into()),
+        ..Default::default()
+    }
+    .run(&db)
+    .await
+    .unwrap();
+    assert!(none.is_empty());
+    a.close().await;
+    assert!(verify(&db, &key(&dir).await).await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn prune_archives_then_deletes_and_the_rest_still_verifies() {
+    let dir = temp_dir("prune");
+    let a = open(&dir).await;
+    for i in 0..10 {
+        a.record(call("alice", &format!("t{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let db = a.db().unwrap().clone();
+    let report = prune(&db, &a, now_us() + 1, &dir.join("archive"), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.through_seq, Some(10));
+    let archived = std::fs::read_to_string(report.archive.unwrap()).unwrap();
+    assert_eq!(archived.lines().count(), 10);
+    a.close().await;
+    let pk = key(&dir).await;
+    let r = verify(&db, &pk).await.unwrap();
+    assert!(r.ok(), "{r:?}");
+    // Deleting the oldest remaining record is not a prune.
+    sqlx::query("DELETE FROM audit_records WHERE seq = 11")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let r = verify(&db, &pk).await.unwrap();
+    assert_eq!(r.problem.map(|p| p.seq), Some(12));
+}
+
+#[test]
+fn every_secret_shape_compiles() {
+    let m = Masker::new(&[], vec![]);
+    assert_eq!(m.shape_count(), mask::SHAPE_COUNT);
+}
