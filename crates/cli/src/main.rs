@@ -2,10 +2,12 @@
 //! gateway itself lives in the library crates.
 
 mod accounts;
+mod audit;
 mod demo;
 mod policy;
 mod proxy;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -57,6 +59,8 @@ enum Command {
     Keys(accounts::KeysArgs),
     /// Check, test, list and manage Cedar policies.
     Policy(policy::PolicyArgs),
+    /// Verify, search and prune the audit log.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::Token(a) => accounts::token(a).await,
             Command::Keys(a) => accounts::keys(a).await,
             Command::Policy(a) => policy::run(a).await,
+            Command::Audit(a) => audit::run(a).await,
         }
     })
 }

@@ -38,12 +38,14 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     let store = Store::open(&data_dir)
         .await
         .with_context(|| format!("opening the state store in {}", data_dir.display()))?;
-    match store.apply_config(&config, source).await? {
+    let applied = store.apply_config(&config, source).await?;
+    match &applied {
         Applied::Unchanged => tracing::info!("configuration unchanged since the last start"),
         Applied::Changed { revision } => {
             tracing::info!(revision, "configuration loaded into the store")
         }
     }
+    let auditor = crate::audit::open_for_serve(&config, &data_dir, source, &applied).await?;
     let mut hosts = config.security.allowed_hosts.clone();
     if let Some(url) = &config.public_url {
         if let Some(host) = url.split("://").nth(1).and_then(|r| r.split('/').next()) {
@@ -55,6 +57,7 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             .await
             .context("loading identities")?;
         id.spawn_watcher(CHANGE_FEED_POLL);
+        id.set_auditor(auditor.clone());
         Some(id)
     } else {
         tracing::warn!(
@@ -72,11 +75,14 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         }
         None => None,
     };
+    let telemetry = portcullis_telemetry::Telemetry::start(&config)?;
     let gateway = Gateway::new(
         &config,
         HostPolicy::new(&hosts, &config.security.allowed_origins),
         identity.clone(),
         policy.clone(),
+        auditor.clone(),
+        telemetry.clone(),
     )?;
     gateway.spawn_reaper();
     let workers = worker_count();
@@ -102,6 +108,9 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             .merge(portcullis_authserver::router(id.clone()))
             .merge(portcullis_admin::router(id.clone(), policy.clone()));
     }
+    app = app.merge(
+        crate::telemetry::mount(&config, &telemetry, identity.clone(), store.clone()).await?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = extra
         .into_iter()
@@ -152,6 +161,8 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             let _ = t.join();
         }
     }
+    auditor.close().await;
+    telemetry.shutdown().await;
     store.close().await;
     Ok(())
 }

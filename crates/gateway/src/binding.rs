@@ -75,6 +75,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Binding {
+    /// What the client calls itself (`clientInfo.name`), for sessions that
+    /// negotiated one.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_info.get("name").and_then(Value::as_str)
+    }
+
     pub fn new(
         vs: Arc<VirtualServerRt>,
         client_era: Era,

@@ -7,6 +7,7 @@
 use crate::binding::Binding;
 use crate::confirm;
 use crate::dispatch::{Caller, Out};
+use crate::observe::{self, DecisionNote};
 use crate::vserver::ListKind;
 use crate::Gateway;
 use portcullis_config::DenyMode;
@@ -109,10 +110,17 @@ pub(crate) async fn gate(
     id: &Value,
     out: &Out,
 ) -> Result<Passed, Value> {
+    let binding = caller.binding();
+    observe::note(|n| {
+        n.upstream = Some(binding.vs.members[u.member].upstream.name().to_owned());
+        n.target = Some(u.exposed.to_owned());
+        if u.kind != ListKind::Resources && u.kind != ListKind::Templates {
+            n.upstream_target = Some(u.upstream_name.to_owned());
+        }
+    });
     let (Some(rt), Some(who)) = (gw.policy.as_deref(), who) else {
         return Ok(Passed::default());
     };
-    let binding = caller.binding();
     let target = target(binding, u, item);
     let args = msg.pointer("/params/arguments").and_then(Value::as_object);
     let decision = rt.engine.decide(&Ask {
@@ -122,6 +130,16 @@ pub(crate) async fn gate(
         now: now(),
     });
     log_decision(who, &binding.vs.name, &target, &decision);
+    observe::note(|n| {
+        n.decision = Some(DecisionNote {
+            allowed: decision.allowed,
+            policies: decision.policies.clone(),
+            errors: decision.errors.clone(),
+            version: decision.version,
+            ..Default::default()
+        });
+        n.hidden_denial = !decision.allowed && rt.on_deny == DenyMode::Hide;
+    });
     if !decision.allowed {
         return Err(denial(rt, id, &target, &decision));
     }
@@ -135,6 +153,11 @@ pub(crate) async fn gate(
             tool: u.exposed,
         };
         if let Err(refusal) = rt.limits.admit(&call, now()) {
+            observe::note(|n| {
+                if let Some(d) = &mut n.decision {
+                    d.limited_by = Some(refusal.limit.to_string());
+                }
+            });
             tracing::info!(user = %user.username, tool = u.exposed, limit = %refusal.limit, "call refused by a rate limit");
             return Err(portcullis_protocol::jsonrpc::error_response_with_data(
                 id.clone(),
@@ -151,33 +174,52 @@ pub(crate) async fn gate(
         }
         c => c,
     };
-    match checkpoint {
-        None => Ok(Passed::default()),
-        Some(Checkpoint::Approver) => {
-            approver(rt, who, &target, &decision, msg, id).await?;
-            Ok(Passed::default())
-        }
-        Some(Checkpoint::User) => match caller {
-            Caller::Legacy(session) => {
-                confirm::ask_legacy(
-                    session,
-                    out,
-                    &target,
-                    args,
-                    rt.engine.checkpoint_timeout(),
-                    id,
-                )
-                .await?;
-                Ok(Passed::default())
-            }
-            Caller::Modern { .. } => {
-                gw.confirmations
-                    .check_modern(who, &target, msg, id)
-                    .map(|_| Passed {
-                        confirmed_modern: true,
-                    })
-            }
+    let Some(kind) = checkpoint else {
+        return Ok(Passed::default());
+    };
+    let result = match kind {
+        Checkpoint::Approver => approver(rt, who, &target, &decision, msg, id)
+            .await
+            .map(|_| Passed::default()),
+        Checkpoint::User => match caller {
+            Caller::Legacy(session) => confirm::ask_legacy(
+                session,
+                out,
+                &target,
+                args,
+                rt.engine.checkpoint_timeout(),
+                id,
+            )
+            .await
+            .map(|_| Passed::default()),
+            Caller::Modern { .. } => gw
+                .confirmations
+                .check_modern(who, &target, msg, id)
+                .map(|_| Passed {
+                    confirmed_modern: true,
+                }),
         },
+    };
+    observe::note(|n| {
+        if let Some(d) = &mut n.decision {
+            d.checkpoint = Some(match kind {
+                Checkpoint::User => "user",
+                Checkpoint::Approver => "approver",
+            });
+            d.checkpoint_result = Some(checkpoint_result(kind, &result).to_owned());
+        }
+    });
+    result
+}
+
+/// How a checkpoint ended, for the audit record.
+fn checkpoint_result(kind: Checkpoint, result: &Result<Passed, Value>) -> &'static str {
+    match (kind, result) {
+        (Checkpoint::User, Ok(_)) => "confirmed",
+        (Checkpoint::Approver, Ok(_)) => "approved",
+        (_, Err(answer)) if answer.pointer("/result").is_some() => "pending",
+        (Checkpoint::User, Err(_)) => "declined",
+        (Checkpoint::Approver, Err(_)) => "refused",
     }
 }
 

@@ -161,7 +161,10 @@ async fn post_message(
             );
         }
         return match msg.kind {
-            MessageKind::Request { id, .. } => initialize(&gw, &vs, id, &msg.value, owner).await,
+            MessageKind::Request { id, .. } => {
+                let who = who.map(|w| w.0);
+                initialize(&gw, &vs, id, &msg.value, owner, who.as_ref(), arrival).await
+            }
             _ => json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
@@ -317,17 +320,32 @@ async fn initialize(
     id: Value,
     value: &Value,
     owner: Option<&str>,
+    who: Option<&Who>,
+    arrival: observe::Arrival,
 ) -> Response {
-    match start_session(gw, vs_name, value, owner).await {
-        Ok((session, result)) => {
-            let mut r = json_response(StatusCode::OK, &result_response(id, result));
-            if let Ok(v) = HeaderValue::from_str(&session.id) {
-                r.headers_mut().insert(era::HEADER_SESSION_ID, v);
-            }
-            r
+    let started = std::time::Instant::now();
+    let (status, body, session) = match start_session(gw, vs_name, value, owner).await {
+        Ok((session, result)) => (StatusCode::OK, result_response(id, result), Some(session)),
+        Err((status, code, text)) => (status, error_response(id, code, text), None),
+    };
+    let arrival = observe::Arrival {
+        session_id: session.as_ref().map(|s| s.id.clone()),
+        protocol_version: session.as_ref().map(|s| s.protocol_version.clone()),
+        ..arrival
+    };
+    let client = value
+        .pointer("/params/clientInfo/name")
+        .and_then(Value::as_str);
+    let body = observe::record_session_start(gw, who, vs_name, client, &arrival, body, started).await;
+    let mut r = json_response(status, &body);
+    if let (Some(session), true) = (session, body.get("result").is_some()) {
+        if let Ok(v) = HeaderValue::from_str(&session.id) {
+            r.headers_mut().insert(era::HEADER_SESSION_ID, v);
         }
-        Err((status, code, text)) => json_response(status, &error_response(id, code, text)),
+    } else if body.get("error").is_some() && status == StatusCode::OK {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
+    r
 }
 
 /// Start a legacy session from an `initialize` request (Streamable HTTP or the

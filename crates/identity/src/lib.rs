@@ -67,6 +67,8 @@ pub struct Identity {
     last_event: AtomicI64,
     listeners: Mutex<Vec<ChangeListener>>,
     reloading: tokio::sync::Mutex<()>,
+    /// Where security events (logins, tokens, account changes) are recorded.
+    audit: std::sync::OnceLock<portcullis_audit::Auditor>,
 }
 
 const VERIFIED_CACHE_MAX: usize = 100_000;
@@ -116,9 +118,24 @@ impl Identity {
             last_event: AtomicI64::new(0),
             listeners: Mutex::new(Vec::new()),
             reloading: tokio::sync::Mutex::new(()),
+            audit: std::sync::OnceLock::new(),
         });
         id.reload(&[]).await?;
         Ok(id)
+    }
+
+    /// Record security events through `auditor` from now on (set once, at start).
+    pub fn set_auditor(&self, auditor: portcullis_audit::Auditor) {
+        let _ = self.audit.set(auditor);
+    }
+
+    /// The audit log for security events; a disabled one until `set_auditor`.
+    pub fn audit(&self) -> &portcullis_audit::Auditor {
+        static DISABLED: std::sync::OnceLock<portcullis_audit::Auditor> =
+            std::sync::OnceLock::new();
+        self.audit
+            .get()
+            .unwrap_or_else(|| DISABLED.get_or_init(portcullis_audit::Auditor::disabled))
     }
 
     pub fn store(&self) -> &Store {

@@ -28,6 +28,9 @@ pub enum ErrorCode {
     RateLimited,
     /// Gateway-specific: a required confirmation was declined or not given.
     ConfirmationRefused,
+    /// Gateway-specific: the call could not be recorded in the audit log, and
+    /// the audit log fails closed.
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => -31010,
             ErrorCode::RateLimited => -31011,
             ErrorCode::ConfirmationRefused => -31012,
+            ErrorCode::AuditUnavailable => -31013,
         }
     }
 }
