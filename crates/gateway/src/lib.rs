@@ -68,6 +68,8 @@ pub struct Gateway {
     /// Policy, limits and checkpoints; `None` exactly when `identity` is.
     policy: Option<Arc<PolicyRuntime>>,
     confirmations: confirm::Confirmations,
+    /// Traces and metrics of every request, upstream health.
+    telemetry: Arc<portcullis_telemetry::Telemetry>,
 }
 
 impl Gateway {
@@ -76,10 +78,14 @@ impl Gateway {
         hosts: HostPolicy,
         identity: Option<Arc<Identity>>,
         policy: Option<Arc<PolicyRuntime>>,
+        telemetry: Arc<portcullis_telemetry::Telemetry>,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let mut upstreams = HashMap::new();
         for u in &config.upstreams {
             let h = UpstreamHandle::new(u.clone(), config.limits.request_timeout_ms)?;
+            if let Some(health) = telemetry.metrics().upstream(&u.name) {
+                h.set_health_hook(Arc::new(move |ok| health.record(ok)));
+            }
             upstreams.insert(u.name.clone(), Arc::new(h));
         }
         let vservers = config
@@ -105,6 +111,7 @@ impl Gateway {
             identity,
             policy,
             confirmations: Default::default(),
+            telemetry,
         });
         gw.close_sessions_on_revocation();
         Ok(gw)

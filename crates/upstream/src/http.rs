@@ -108,6 +108,17 @@ impl HttpConn {
                 }
             }
         }
+        // Trace context travels in `_meta` (MCP) and, for HTTP tracing
+        // middleware on the upstream's side, as W3C headers too.
+        if let Some(meta) = msg.pointer("/params/_meta") {
+            for key in ["traceparent", "tracestate"] {
+                if let Some(v) = meta.get(key).and_then(Value::as_str) {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        h.insert(key, v);
+                    }
+                }
+            }
+        }
         if let Some(opts) = opts {
             for (k, v) in &opts.headers {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))

@@ -15,7 +15,7 @@ mod registry;
 mod stdio;
 
 pub use error::UpstreamError;
-pub use registry::{Connection, OpenParams, UpstreamHandle};
+pub use registry::{Connection, HealthHook, OpenParams, UpstreamHandle};
 
 use serde_json::Value;
 use tokio::sync::mpsc;

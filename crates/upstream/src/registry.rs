@@ -26,7 +26,15 @@ pub struct UpstreamHandle {
     /// Consecutive failures, when the next attempt is allowed, and why the last failed.
     backoff: Mutex<(u32, Option<Instant>, String)>,
     request_timeout: Duration,
+    /// Told the outcome of every exchange (open, request): health metrics.
+    health: std::sync::OnceLock<HealthHook>,
 }
+
+/// Called with `true` when an exchange with the upstream succeeded (any
+/// JSON-RPC answer counts) and `false` when it failed (unreachable, timeout,
+/// HTTP error, broken stream, failed initialize). A full process table is
+/// not the upstream's failure and is not reported.
+pub type HealthHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// What the downstream side tells an upstream when opening a connection.
 #[derive(Clone)]
@@ -54,6 +62,7 @@ pub struct Connection {
     client_capabilities: Value,
     client_info: Value,
     timeout: Duration,
+    health: Option<HealthHook>,
 }
 
 impl UpstreamHandle {
@@ -95,11 +104,17 @@ impl UpstreamHandle {
             static_headers,
             backoff: Mutex::new((0, None, String::new())),
             request_timeout,
+            health: std::sync::OnceLock::new(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Install the health hook (once; later calls are ignored).
+    pub fn set_health_hook(&self, hook: HealthHook) {
+        let _ = self.health.set(hook);
     }
 
     fn check_backoff(&self) -> Result<(), UpstreamError> {
@@ -115,6 +130,7 @@ impl UpstreamHandle {
     }
 
     fn record(&self, outcome: Result<(), &UpstreamError>) {
+        report(self.health.get(), outcome);
         let mut b = lock(&self.backoff);
         match outcome {
             Ok(()) => *b = (0, None, String::new()),
@@ -188,6 +204,7 @@ impl UpstreamHandle {
             client_capabilities: params.client_capabilities.clone(),
             client_info: params.client_info.clone(),
             timeout: self.request_timeout,
+            health: self.health.get().cloned(),
         };
         let pref = self.spec.protocol;
         let modern_first = pref == ProtocolPreference::Modern
@@ -370,7 +387,9 @@ impl Connection {
         opts: Option<&RequestOptions>,
     ) -> Result<Value, UpstreamError> {
         let msg = self.adapt(msg);
-        self.raw_request(msg, related, opts).await
+        let result = self.raw_request(msg, related, opts).await;
+        report(self.health.as_ref(), result.as_ref().map(|_| ()));
+        result
     }
 
     /// Send a notification.
@@ -405,6 +424,16 @@ impl Connection {
                 guard.stop();
                 d.mark_dead();
             }
+        }
+    }
+}
+
+fn report(hook: Option<&HealthHook>, outcome: Result<(), &UpstreamError>) {
+    if let Some(h) = hook {
+        match outcome {
+            Ok(()) => h(true),
+            Err(UpstreamError::Capacity(..)) => {}
+            Err(_) => h(false),
         }
     }
 }
