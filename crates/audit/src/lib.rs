@@ -20,6 +20,7 @@ mod keys;
 mod mask;
 mod retention;
 mod search;
+pub mod sinks;
 mod verify;
 mod writer;
 
