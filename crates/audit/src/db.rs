@@ -132,6 +132,7 @@ pub struct AuditDb {
     pool: SqlitePool,
     path: PathBuf,
     sync: AuditSync,
+    busy: Duration,
 }
 
 const SELECT: &str = "SELECT seq, event_id, time_us, event_type, replica, username, virtual_server, upstream, tool, method, outcome, body, prev_hash, hash FROM audit_records";
@@ -139,18 +140,28 @@ const SELECT: &str = "SELECT seq, event_id, time_us, event_type, replica, userna
 impl AuditDb {
     /// Open (creating and migrating) the audit database at `path`.
     pub async fn open(path: &Path, sync: AuditSync) -> Result<AuditDb, AuditError> {
+        AuditDb::open_with(path, sync, Duration::from_secs(10)).await
+    }
+
+    /// As `open`, waiting at most `busy` for a locked database.
+    pub async fn open_with(
+        path: &Path,
+        sync: AuditSync,
+        busy: Duration,
+    ) -> Result<AuditDb, AuditError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options(path, sync))
+            .connect_with(options(path, sync, busy))
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(AuditDb {
             pool,
             path: path.to_owned(),
             sync,
+            busy,
         })
     }
 
@@ -176,7 +187,7 @@ impl AuditDb {
 
     /// A connection of its own, for the writer.
     pub(crate) async fn writer_connection(&self) -> Result<SqliteConnection, AuditError> {
-        Ok(options(&self.path, self.sync).connect().await?)
+        Ok(options(&self.path, self.sync, self.busy).connect().await?)
     }
 
     pub async fn max_seq(&self) -> Result<i64, AuditError> {
@@ -275,7 +286,7 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-fn options(path: &Path, sync: AuditSync) -> SqliteConnectOptions {
+fn options(path: &Path, sync: AuditSync, busy: Duration) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -284,7 +295,7 @@ fn options(path: &Path, sync: AuditSync) -> SqliteConnectOptions {
             AuditSync::Full => SqliteSynchronous::Full,
             AuditSync::Normal => SqliteSynchronous::Normal,
         })
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(busy)
 }
 
 fn record(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, AuditError> {

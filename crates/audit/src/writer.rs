@@ -27,6 +27,8 @@ enum Job {
         done: Option<oneshot::Sender<Result<i64, String>>>,
     },
     Stop(oneshot::Sender<()>),
+    /// Try an empty write transaction; answers whether the log is writable.
+    Probe(oneshot::Sender<bool>),
 }
 
 /// Handle to the audit log; cheap to clone. A disabled auditor accepts and
@@ -112,7 +114,8 @@ impl Auditor {
             .clone()
             .unwrap_or_else(|| data_dir.join("audit-signing.key"));
         let key = SigningKey::load_or_create(&key_path)?;
-        let db = AuditDb::open(&path, config.sync).await?;
+        let busy = Duration::from_millis(config.write_timeout_ms.max(1));
+        let db = AuditDb::open_with(&path, config.sync, busy).await?;
         let mut conn = db.writer_connection().await?;
         let (head_seq, _) = db::head(&mut conn).await?;
         let last_checkpoint = db.checkpoints().await?.last().map(|c| c.seq).unwrap_or(0);
@@ -239,6 +242,19 @@ impl Auditor {
         }
     }
 
+    /// Whether the log can be written now (an empty write transaction). A
+    /// success makes the auditor healthy again.
+    pub async fn probe(&self) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let (tx, rx) = oneshot::channel();
+        if inner.tx.send(Job::Probe(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Write `event` without waiting (security events on paths that must not
     /// block); a failure is logged.
     pub fn record_detached(&self, event: AuditEvent) {
@@ -320,15 +336,22 @@ impl Writer {
             let Some(first) = first else { break };
             let mut jobs = Vec::with_capacity(16);
             let mut stop = None;
-            match first {
-                Job::Stop(s) => stop = Some(s),
-                j => jobs.push(j),
+            let mut probes = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Stop(s) => stop = Some(s),
+                    Job::Probe(p) => probes.push(p),
+                    j => jobs.push(j),
+                }
+                if stop.is_none() && jobs.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
             }
-            while stop.is_none() && jobs.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(Job::Stop(s)) => stop = Some(s),
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            if !probes.is_empty() {
+                let ok = self.probe().await;
+                for p in probes {
+                    let _ = p.send(ok);
                 }
             }
             if !jobs.is_empty() {
@@ -434,6 +457,29 @@ impl Writer {
             self.sign(seq, &prev).await?;
         }
         Ok(first)
+    }
+
+    async fn probe(&mut self) -> bool {
+        let ok = async {
+            if self.reconnect {
+                if let Some(inner) = self.inner.upgrade() {
+                    self.conn = inner.db.writer_connection().await?;
+                }
+                self.reconnect = false;
+            }
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+            sqlx::query("COMMIT").execute(&mut self.conn).await?;
+            Ok::<(), AuditError>(())
+        }
+        .await
+        .is_ok();
+        if !ok {
+            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            inner.healthy.store(ok, Ordering::Relaxed);
+        }
+        ok
     }
 
     async fn checkpoint_now(&mut self) -> Result<(), AuditError> {

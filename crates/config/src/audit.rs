@@ -19,8 +19,9 @@ pub struct Audit {
     /// `full` flushes every group commit to disk (survives power loss); `normal`
     /// survives a crash of the gateway process but not of the machine.
     pub sync: AuditSync,
-    /// Longest a record waits for companions before its group is committed.
-    pub commit_delay_us: u64,
+    /// Longest a group commit waits for the database (another writer, a
+    /// locked file) before the records in it count as failed.
+    pub write_timeout_ms: u64,
     /// Most records in one group commit.
     pub max_batch: usize,
     /// A signed checkpoint of the chain head is written at least this often...
@@ -53,7 +54,7 @@ impl Default for Audit {
             path: None,
             on_failure: AuditFailureMode::Closed,
             sync: AuditSync::Full,
-            commit_delay_us: 500,
+            write_timeout_ms: 5000,
             max_batch: 512,
             checkpoint_every_records: 1000,
             checkpoint_interval_secs: 60,

@@ -107,7 +107,7 @@ pub(crate) async fn serve(
 ) -> Value {
     let started = Instant::now();
     let audit = &gw.auditor;
-    if audit.enabled() && audit.fails_closed() && !audit.healthy() {
+    if audit.enabled() && audit.fails_closed() && !audit.healthy() && !audit.probe().await {
         // The log is known to be failing: refuse before anything runs upstream.
         return error_response(
             id,

@@ -2,7 +2,7 @@
 
 Usage: tiny_stdio.py MARKER [stubborn] [grandchild]. Prints `TINY-STDERR <MARKER> pid=<pid>` on stderr at start
 (the gateway logs child stderr), then serves `initialize`, `ping`, `tools/list` and
-`tools/call` with tools `echo`, `pid` and `sleep` (each call in its own thread so a
+`tools/call` with tools `echo` (`fail: true` makes it report a tool error), `pid` and `sleep` (each call in its own thread so a
 sleeping call never blocks the others). Cancellations are reported on stderr.
 `stubborn` ignores SIGTERM and outlives stdin EOF (only SIGKILL stops it); `grandchild`
 starts a long-lived grandchild (command line `MARKER-grandchild`) in its process group.
@@ -46,6 +46,9 @@ def call(mid, params):
     name, args = params.get("name"), params.get("arguments") or {}
     if name == "echo":
         text = str(args.get("text", ""))
+        if args.get("fail"):
+            # A tool-level failure: the call worked, the tool reports an error.
+            return reply(mid, {"content": [{"type": "text", "text": f"failed: {text}"}], "isError": True})
     elif name == "pid":
         text = str(os.getpid())
     elif name == "sleep":
