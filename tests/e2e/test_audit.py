@@ -188,13 +188,13 @@ def test_verify_passes_untouched_and_names_edited_inserted_deleted_records(env: 
     assert ok.returncode == 0 and ok.stdout.startswith("OK:"), ok.stdout + ok.stderr
     with env.db() as c:
         seqs = [r[0] for r in c.execute("SELECT seq FROM audit_records ORDER BY seq").fetchall()]
-    target = seqs[len(seqs) // 2]
+        target = c.execute("SELECT seq FROM audit_records WHERE body LIKE '%chain-2%'").fetchone()[0]
 
     edited = verify_copy(env.gw, tmp_path, "UPDATE audit_records SET body = replace(body, 'alice', 'mallory') "
                                            "WHERE seq = ?", (target,))
     assert edited.returncode == 1 and f"FAILED at record {target}:" in edited.stdout, edited.stdout
 
-    column = verify_copy(env.gw, tmp_path, "UPDATE audit_records SET outcome = 'success' WHERE seq = ?", (target,))
+    column = verify_copy(env.gw, tmp_path, "UPDATE audit_records SET outcome = 'denied' WHERE seq = ?", (target,))
     assert column.returncode == 1 and f"FAILED at record {target}:" in column.stdout, column.stdout
 
     deleted = verify_copy(env.gw, tmp_path, "DELETE FROM audit_records WHERE seq = ?", (target,))

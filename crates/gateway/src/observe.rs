@@ -132,7 +132,19 @@ pub(crate) async fn serve(
     let client_name = client_name(caller, &msg);
     let jsonrpc_id = id.clone();
     let cancelled = cancelled_response(id.clone());
-    let work = NOTE.scope(RefCell::new(CallNote::default()), async move {
+    // What was asked for, even if it turns out not to exist.
+    let asked = match method {
+        "tools/call" | "prompts/get" => msg.pointer("/params/name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            msg.pointer("/params/uri")
+        }
+        _ => None,
+    };
+    let first_note = CallNote {
+        target: asked.and_then(Value::as_str).map(str::to_owned),
+        ..Default::default()
+    };
+    let work = NOTE.scope(RefCell::new(first_note), async move {
         let resp = dispatch::handle(gw, caller, who, msg, method, id, out).await;
         (resp, NOTE.with(|n| n.take()))
     });
