@@ -465,16 +465,24 @@ mod tests {
     use super::*;
 
     fn cfg() -> Alerts {
-        let mut a = Alerts::default();
-        a.interval_secs = 10;
-        a.denials.threshold = 5;
-        a.denials.factor = 3.0;
-        a.error_rate.threshold = 0.5;
-        a.error_rate.min_calls = 4;
-        a.latency.factor = 2.0;
-        a.latency.min_calls = 2;
-        a.latency.warmup_windows = 3;
-        a
+        use portcullis_config::{DenialRule, ErrorRateRule, LatencyRule};
+        Alerts {
+            interval_secs: 10,
+            denials: DenialRule {
+                threshold: 5,
+                factor: 3.0,
+            },
+            error_rate: ErrorRateRule {
+                threshold: 0.5,
+                min_calls: 4,
+            },
+            latency: LatencyRule {
+                factor: 2.0,
+                min_calls: 2,
+                warmup_windows: 3,
+            },
+            ..Alerts::default()
+        }
     }
 
     fn denials(vs: &str, up: &str, n: u64) -> Counters {

@@ -33,35 +33,28 @@ const AUDIT_BATCH_BOUNDS: [f64; 11] = [
 /// MCP methods get their own label value; anything else is `other` (the
 /// method comes from the client, so it must not mint series).
 pub fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 22] = [
-        "initialize",
-        "ping",
-        "tools/list",
-        "tools/call",
-        "prompts/list",
-        "prompts/get",
-        "resources/list",
-        "resources/read",
-        "resources/templates/list",
-        "resources/subscribe",
-        "resources/unsubscribe",
-        "completion/complete",
-        "logging/setLevel",
-        "server/discover",
-        "subscriptions/listen",
-        "tasks/get",
-        "tasks/list",
-        "tasks/result",
-        "tasks/cancel",
-        "sampling/createMessage",
-        "elicitation/create",
-        "roots/list",
-    ];
-    KNOWN
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("other")
+    match method {
+        "initialize" => "initialize",
+        "ping" => "ping",
+        "tools/list" => "tools/list",
+        "tools/call" => "tools/call",
+        "prompts/list" => "prompts/list",
+        "prompts/get" => "prompts/get",
+        "resources/list" => "resources/list",
+        "resources/read" => "resources/read",
+        "resources/templates/list" => "resources/templates/list",
+        "resources/subscribe" => "resources/subscribe",
+        "resources/unsubscribe" => "resources/unsubscribe",
+        "completion/complete" => "completion/complete",
+        "logging/setLevel" => "logging/setLevel",
+        "server/discover" => "server/discover",
+        "subscriptions/listen" => "subscriptions/listen",
+        "tasks/get" => "tasks/get",
+        "tasks/list" => "tasks/list",
+        "tasks/result" => "tasks/result",
+        "tasks/cancel" => "tasks/cancel",
+        _ => "other",
+    }
 }
 
 /// A histogram with fixed bounds: per-bucket counts (made cumulative when
