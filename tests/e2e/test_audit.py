@@ -67,6 +67,7 @@ def env() -> Iterator[Env]:
         (policy_dir / "main.cedar").write_text(POLICIES)
         config = auth_config([{"name": "alpha", "upstreams": [{"upstream": "tiny", "prefix": ""}]}])
         config["policy"] = {"dir": str(policy_dir)}
+        config["upstreams"][0]["catalog"] = {"owner": "platform-team", "risk_tier": 2}
         config["audit"] = {"mask_arguments": ["customer_ssn"]}
         with running_gateway(config) as gw:
             create_user(gw, "alice")
@@ -160,6 +161,22 @@ def test_cli_search_filters_by_user_tool_and_outcome(env: Env) -> None:
     with env.db() as c:
         reads = c.execute("SELECT COUNT(*) FROM audit_records WHERE event_type = 'audit.read'").fetchone()[0]
     assert reads >= 2
+
+
+def test_control_plane_report(env: Env) -> None:
+    env.call("echo", {"text": "report-1"})
+    env.call("pid", {"marker": "report-2"})
+    report = json.loads(env.gw.cli("report", "--since", "1h", "--json"))
+    assert report["servers"] == {"total": 1, "with_owner_pct": 100.0, "with_risk_tier_pct": 100.0,
+                                 "with_owner_and_risk_tier_pct": 100.0, "without_owner": []}, report
+    calls = report["calls"]
+    assert calls["total"] >= 2, calls
+    # Every call alice made was decided by a named policy or by default deny (unknown tools: undecided).
+    assert calls["decided_by_explicit_policy_pct"] > 50, calls
+    assert 0 < calls["denial_rate_pct"] < 100, calls
+    team = report["teams"]["(no group)"]
+    tools = [row["tool"] for row in team["by_calls"]]
+    assert "alpha/echo" in tools and "alpha/pid" in tools, team
 
 
 def verify_copy(gw: Gateway, tmp: Path, edit: str | None, params: tuple = ()) -> subprocess.CompletedProcess:

@@ -225,6 +225,29 @@ impl AuditDb {
         rows.iter().map(record).collect()
     }
 
+    /// `(seq, body)` of records of `event_type` at or after `since_us`, after
+    /// `after_seq`, oldest first: for reports that scan a period in pages.
+    pub async fn bodies_since(
+        &self,
+        event_type: &str,
+        since_us: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM audit_records WHERE event_type = ? AND time_us >= ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(event_type)
+        .bind(since_us)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub async fn cursor(&self, sink: &str) -> Result<Option<i64>, AuditError> {
         let row = sqlx::query("SELECT seq FROM audit_sink_cursors WHERE sink = ?")
             .bind(sink)

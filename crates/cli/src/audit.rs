@@ -69,7 +69,13 @@ enum AuditCmd {
     },
 }
 
-const OUTCOMES: &[&str] = &["success", "tool_error", "protocol_error", "denied", "cancelled"];
+const OUTCOMES: &[&str] = &[
+    "success",
+    "tool_error",
+    "protocol_error",
+    "denied",
+    "cancelled",
+];
 
 pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
@@ -98,7 +104,10 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if let Some(p) = &report.problem {
                 println!("FAILED at record {}: {}", p.seq, p.reason);
-                println!("{} records checked before the failure", report.records.saturating_sub(1));
+                println!(
+                    "{} records checked before the failure",
+                    report.records.saturating_sub(1)
+                );
             } else {
                 println!(
                     "OK: {} records (seq {}..{}), {} signed checkpoints verified, {} records after the last checkpoint",

@@ -6,6 +6,7 @@ mod audit;
 mod demo;
 mod policy;
 mod proxy;
+mod report;
 mod serve;
 mod telemetry;
 
@@ -61,6 +62,9 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Verify, search and prune the audit log.
     Audit(audit::AuditArgs),
+    /// Control-plane report: ownership and risk tiers, explicit decisions,
+    /// denial and error rates, top tools per team.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             Command::Keys(a) => accounts::keys(a).await,
             Command::Policy(a) => policy::run(a).await,
             Command::Audit(a) => audit::run(a).await,
+            Command::Report(a) => report::run(a).await,
         }
     })
 }
