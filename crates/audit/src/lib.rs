@@ -28,7 +28,7 @@ pub use canon::canonical_json;
 pub use clock::{format_time, now_us, parse_time};
 pub use db::{AuditDb, StoredRecord};
 pub use event::{Actor, AuditEvent, Decision, Outcome, Request, Target, SCHEMA};
-pub use keys::SigningKey;
+pub use keys::{public_path as public_key_path, PublicKey, SigningKey};
 pub use mask::Masker;
 pub use retention::{prune, PruneReport};
 pub use search::Query;

@@ -100,7 +100,7 @@ impl Masker {
         let lower = name.to_ascii_lowercase();
         SECRET_NAMES.iter().any(|s| lower.contains(s))
             || SECRET_EXACT.contains(&lower.as_str())
-            || self.extra_names.iter().any(|s| lower == *s)
+            || self.extra_names.contains(&lower)
     }
 
     /// The arguments as recorded.

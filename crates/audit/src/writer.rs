@@ -17,13 +17,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Told each group commit's size and whether it succeeded.
+type BatchObserver = Box<dyn Fn(usize, bool) + Send + Sync>;
+
 /// Upper bounds of the batch-size histogram buckets.
 const BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 64, 256, usize::MAX];
 
 enum Job {
     Record {
         body: String,
-        columns: Columns,
+        columns: Box<Columns>,
         done: Option<oneshot::Sender<Result<i64, String>>>,
     },
     Stop(oneshot::Sender<()>),
@@ -48,7 +51,7 @@ struct Inner {
     committed: watch::Sender<i64>,
     db: AuditDb,
     public_key: String,
-    batch_observer: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    batch_observer: OnceLock<BatchObserver>,
 }
 
 /// Group commit sizes seen so far.
@@ -201,8 +204,9 @@ impl Auditor {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// Called with each group commit's size (for metrics).
-    pub fn observe_batches(&self, f: impl Fn(usize) + Send + Sync + 'static) {
+    /// Called with each group commit's size and whether it was written (for
+    /// metrics).
+    pub fn observe_batches(&self, f: impl Fn(usize, bool) + Send + Sync + 'static) {
         if let Some(i) = &self.inner {
             let _ = i.batch_observer.set(Box::new(f));
         }
@@ -230,7 +234,7 @@ impl Auditor {
             .tx
             .send(Job::Record {
                 body,
-                columns,
+                columns: Box::new(columns),
                 done: Some(done),
             })
             .await
@@ -382,7 +386,7 @@ impl Writer {
                 inner.healthy.store(true, Ordering::Relaxed);
                 inner.stats.observe(n);
                 if let Some(f) = inner.batch_observer.get() {
-                    f(n);
+                    f(n, true);
                 }
                 let _ = inner.committed.send(first_seq + n as i64 - 1);
                 for (i, job) in jobs.into_iter().enumerate() {
@@ -394,6 +398,9 @@ impl Writer {
             Err(e) => {
                 self.reconnect = true;
                 inner.healthy.store(false, Ordering::Relaxed);
+                if let Some(f) = inner.batch_observer.get() {
+                    f(n, false);
+                }
                 tracing::error!(error = %e, records = n, "audit group commit failed");
                 let text = e.to_string();
                 for job in jobs {
@@ -447,7 +454,7 @@ impl Writer {
             let hash = crate::chain_hash(&prev, seq, body);
             rows.push(NewRow {
                 seq,
-                columns: columns.clone(),
+                columns: (**columns).clone(),
                 body: body.clone(),
                 prev_hash: std::mem::replace(&mut prev, hash.clone()),
                 hash,
@@ -469,7 +476,9 @@ impl Writer {
                 }
                 self.reconnect = false;
             }
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut self.conn)
+                .await?;
             sqlx::query("COMMIT").execute(&mut self.conn).await?;
             Ok::<(), AuditError>(())
         }

@@ -76,6 +76,24 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         None => None,
     };
     let telemetry = portcullis_telemetry::Telemetry::start(&config)?;
+    if auditor.enabled() {
+        let metrics = telemetry.metrics().clone();
+        metrics.set_audit_healthy(true);
+        auditor.observe_batches(move |n, ok| {
+            if ok {
+                metrics.observe_audit_batch(n);
+            }
+            metrics.set_audit_healthy(ok);
+        });
+        let a = auditor.clone();
+        telemetry.readiness().add_sync_check("audit", move || {
+            if a.healthy() {
+                Ok(())
+            } else {
+                Err("the audit log cannot be written".into())
+            }
+        });
+    }
     let gateway = Gateway::new(
         &config,
         HostPolicy::new(&hosts, &config.security.allowed_origins),

@@ -68,6 +68,8 @@ pub struct Gateway {
     /// Policy, limits and checkpoints; `None` exactly when `identity` is.
     policy: Option<Arc<PolicyRuntime>>,
     confirmations: confirm::Confirmations,
+    /// The durable record of every request (disabled only by configuration).
+    auditor: portcullis_audit::Auditor,
     /// Traces and metrics of every request, upstream health.
     telemetry: Arc<portcullis_telemetry::Telemetry>,
 }
@@ -78,6 +80,7 @@ impl Gateway {
         hosts: HostPolicy,
         identity: Option<Arc<Identity>>,
         policy: Option<Arc<PolicyRuntime>>,
+        auditor: portcullis_audit::Auditor,
         telemetry: Arc<portcullis_telemetry::Telemetry>,
     ) -> Result<Arc<Gateway>, GatewayError> {
         let mut upstreams = HashMap::new();
@@ -111,6 +114,7 @@ impl Gateway {
             identity,
             policy,
             confirmations: Default::default(),
+            auditor,
             telemetry,
         });
         gw.close_sessions_on_revocation();
