@@ -91,6 +91,48 @@ pub async fn check_local_password(
     username: &str,
     password: &str,
 ) -> Result<Option<UserRow>, IdentityError> {
+    Ok(
+        match check_local_password_detail(store, username, password).await? {
+            PasswordCheck::Ok(u) => Some(*u),
+            _ => None,
+        },
+    )
+}
+
+/// How a password check ended, for the audit log (never for the person
+/// signing in, who must not learn which usernames exist).
+#[derive(Debug)]
+pub enum PasswordCheck {
+    Ok(Box<UserRow>),
+    /// No user has this username.
+    UnknownUser,
+    /// The user signs in through an IdP or is a service account.
+    NotLocal,
+    /// The user exists and is disabled (whatever the password).
+    Disabled,
+    WrongPassword,
+}
+
+impl PasswordCheck {
+    /// `bad_password`, `unknown_user`, `not_local`, `account_disabled`, or `ok`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PasswordCheck::Ok(_) => "ok",
+            PasswordCheck::UnknownUser => "unknown_user",
+            PasswordCheck::NotLocal => "not_local",
+            PasswordCheck::Disabled => "account_disabled",
+            PasswordCheck::WrongPassword => "bad_password",
+        }
+    }
+}
+
+/// As [`check_local_password`], saying why a check failed. Every path hashes,
+/// so timing does not reveal which.
+pub async fn check_local_password_detail(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<PasswordCheck, IdentityError> {
     let user = store.user_by_username(username).await?;
     let phc = user
         .as_ref()
@@ -102,7 +144,13 @@ pub async fn check_local_password(
     let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&pw, &phc))
         .await
         .unwrap_or(false);
-    Ok(user.filter(|u| ok && u.active && u.idp.as_deref() == Some("local")))
+    Ok(match user {
+        None => PasswordCheck::UnknownUser,
+        Some(u) if u.kind != "user" || u.idp.as_deref() != Some("local") => PasswordCheck::NotLocal,
+        Some(u) if !u.active => PasswordCheck::Disabled,
+        Some(u) if ok => PasswordCheck::Ok(Box::new(u)),
+        Some(_) => PasswordCheck::WrongPassword,
+    })
 }
 
 pub async fn create_service_account(

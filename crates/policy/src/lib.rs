@@ -22,7 +22,7 @@ pub use derive::{normalize_path, Patterns};
 pub use engine::{Ask, Checkpoint, Compiled, Decision, PolicyEngine, PolicyError};
 pub use facts::{Subject, Target, ToolFlags, DEFAULT_RISK_TIER};
 pub use limits::{day_label, LimitedCall, RateLimiter, Refusal, RefusalKind, UsageRow};
-pub use runtime::{PolicyRuntime, STORED_PREFIX};
+pub use runtime::{PolicyChange, PolicyRuntime, STORED_PREFIX};
 pub use schema::{schema_text, ArgumentUse};
 pub use source::{read_dir, PolicyInfo, PolicySource, SourceError};
 pub use suite::{

@@ -9,7 +9,7 @@ use crate::source::{read_dir, PolicySource, SourceError};
 use portcullis_config::{Config, DenyMode};
 use portcullis_store::Store;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub struct PolicyRuntime {
@@ -24,7 +24,28 @@ pub struct PolicyRuntime {
     fingerprint: Mutex<Option<Fingerprint>>,
     /// Why the newest sources were refused, while the previous set stays in force.
     last_error: Mutex<Option<Vec<SourceError>>>,
+    /// Told about every change the reload loop finds (the audit log).
+    observer: OnceLock<ChangeObserver>,
 }
+
+/// A change of the installed policy set found by the reload loop (a file
+/// edited under `policy.dir`, a document stored by the CLI or another
+/// replica), applied or refused.
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    /// The version now in force (the new one when applied, the kept one when refused).
+    pub version: u64,
+    /// Whether the new sources were installed.
+    pub applied: bool,
+    /// Number of policies in force.
+    pub policies: usize,
+    /// What the set was (or would have been) built from.
+    pub sources: Vec<PolicySource>,
+    /// Why the sources were refused (empty when applied).
+    pub errors: Vec<SourceError>,
+}
+
+type ChangeObserver = Box<dyn Fn(&PolicyChange) + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
@@ -52,6 +73,7 @@ impl PolicyRuntime {
             reload_interval: Duration::from_millis(config.policy.reload_interval_ms),
             fingerprint: Mutex::new(None),
             last_error: Mutex::new(None),
+            observer: OnceLock::new(),
         });
         rt.reload().await?;
         let now = std::time::SystemTime::now()
@@ -127,9 +149,20 @@ impl PolicyRuntime {
         Ok(sources)
     }
 
+    /// Be told about every change the reload loop (`spawn_watcher`) finds,
+    /// applied or refused; set once, at start. Changes made through
+    /// [`PolicyRuntime::reload_now`] are the caller's to report.
+    pub fn on_change(&self, f: impl Fn(&PolicyChange) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(f));
+    }
+
     /// Reload if the sources changed. `Ok(None)`: nothing changed. On invalid
     /// sources the current set stays installed and the errors are returned.
     pub async fn reload(&self) -> Result<Option<Arc<Compiled>>, PolicyError> {
+        self.reload_observed(false).await
+    }
+
+    async fn reload_observed(&self, observed: bool) -> Result<Option<Arc<Compiled>>, PolicyError> {
         let fp = self.fingerprint().await?;
         if self.lock_fp().as_ref() == Some(&fp) {
             return Ok(None);
@@ -151,15 +184,40 @@ impl PolicyRuntime {
                     policies = compiled.policies().len(),
                     "policies loaded"
                 );
+                if observed {
+                    self.tell(PolicyChange {
+                        version: compiled.version,
+                        applied: true,
+                        policies: compiled.policies().len(),
+                        sources,
+                        errors: Vec::new(),
+                    });
+                }
                 Ok(Some(compiled))
             }
             Err(e) => {
                 if let PolicyError::Invalid(errors) = &e {
                     *self.lock_err() = Some(errors.clone());
+                    if observed {
+                        let current = self.engine.current();
+                        self.tell(PolicyChange {
+                            version: current.version,
+                            applied: false,
+                            policies: current.policies().len(),
+                            sources,
+                            errors: errors.clone(),
+                        });
+                    }
                 }
                 tracing::error!(error = %e, "policies rejected; the previous set stays in force");
                 Err(e)
             }
+        }
+    }
+
+    fn tell(&self, change: PolicyChange) {
+        if let Some(f) = self.observer.get() {
+            f(&change);
         }
     }
 
@@ -190,7 +248,7 @@ impl PolicyRuntime {
                 tick.tick().await;
                 let Some(rt) = rt.upgrade() else { return };
                 // Errors are logged by reload and kept for the admin API.
-                let _ = rt.reload().await;
+                let _ = rt.reload_observed(true).await;
             }
         });
     }
