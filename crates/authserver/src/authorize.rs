@@ -3,6 +3,7 @@
 //! to a login (an IdP or the local password form); a successful login ends with a
 //! code sent to the client's exact redirect URI, with `state` and `iss`.
 
+use crate::audit::{self, Origin};
 use crate::clients;
 use crate::web::{self, escape, html, page, parse_form, redirect, with_query, MAX_BODY};
 use crate::AuthServer;
@@ -10,9 +11,12 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
-use portcullis_identity::{accounts, secrets};
+use portcullis_audit::AuditEvent;
+use portcullis_identity::accounts::{self, PasswordCheck};
+use portcullis_identity::secrets;
 use portcullis_store::identity::{AuthCodeRow, AuthRequestRow, UserRow};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -363,6 +367,7 @@ pub(crate) async fn local_form(
 pub(crate) async fn local_login(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
+    origin: Origin,
     body: Body,
 ) -> Response {
     if !s.identity.settings.local_login {
@@ -382,7 +387,12 @@ pub(crate) async fn local_login(
     if !consented(&row) {
         return error_page(StatusCode::FORBIDDEN, "Approve the application first.");
     }
-    let checked = match throttled_password(&s, &f).await {
+    let ctx = LoginCtx {
+        flow: "oauth",
+        client_id: Some(&p.client_id),
+        vs: Some(&p.vs),
+    };
+    let checked = match throttled_password(&s, &f, &origin, &ctx).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -405,23 +415,64 @@ pub(crate) async fn local_login(
     }
 }
 
+/// Where a password login happens, for its audit record.
+struct LoginCtx<'a> {
+    /// `oauth` (an application's authorization request) or `account_page` (`/login`).
+    flow: &'static str,
+    client_id: Option<&'a str>,
+    vs: Option<&'a str>,
+}
+
+impl LoginCtx<'_> {
+    fn detail(&self) -> serde_json::Value {
+        json!({"method": "password", "flow": self.flow, "client_id": self.client_id,
+               "virtual_server": self.vs})
+    }
+
+    /// `auth.login_failed` for `username` (attempted, so the actor is anonymous).
+    async fn failed(&self, s: &AuthServer, origin: &Origin, username: &str, reason: &str) {
+        let mut detail = self.detail();
+        detail["username"] = json!(audit::attempted(username));
+        detail["reason"] = json!(reason);
+        let actor = audit::anonymous(origin, self.client_id);
+        audit::note(s, "auth.login_failed", actor, detail).await;
+    }
+}
+
 /// Check the form's username and password, with the per-account brake on
-/// guessing. `Ok(None)`: wrong credentials; `Err`: a page to show instead.
+/// guessing, and record the attempt. `Ok(None)`: wrong credentials; `Err`: a
+/// page to show instead (throttled, or a login the audit log cannot record
+/// while it fails closed).
 async fn throttled_password(
     s: &AuthServer,
     f: &HashMap<String, String>,
+    origin: &Origin,
+    ctx: &LoginCtx<'_>,
 ) -> Result<Option<UserRow>, Response> {
     let user = f.get("username").cloned().unwrap_or_default();
     let pw = f.get("password").cloned().unwrap_or_default();
     if !s.may_try_password(&user) {
+        ctx.failed(s, origin, &user, "throttled").await;
         return Err(too_many_attempts());
     }
-    let checked = accounts::check_local_password(s.identity.store(), &user, &pw).await;
-    s.record_password_result(&user, matches!(checked, Ok(Some(_))));
+    let checked = accounts::check_local_password_detail(s.identity.store(), &user, &pw).await;
+    drop(pw);
+    s.record_password_result(&user, matches!(checked, Ok(PasswordCheck::Ok(_))));
     match checked {
-        Ok(Some(u)) => Ok(Some(u)),
-        Ok(None) => {
-            tracing::info!(user = %user, method = "local", "login failed");
+        Ok(PasswordCheck::Ok(u)) => {
+            let actor = audit::signed_in(s, &u, "password", ctx.client_id, origin);
+            let event = AuditEvent::security("auth.login", Some(actor), ctx.detail());
+            if !audit::record(s, event).await {
+                return Err(error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The sign-in cannot be recorded in the audit log right now. Try again later.",
+                ));
+            }
+            Ok(Some(*u))
+        }
+        Ok(refused) => {
+            tracing::info!(user = %user, method = "local", reason = refused.reason(), "login failed");
+            ctx.failed(s, origin, &user, refused.reason()).await;
             Ok(None)
         }
         Err(e) => {
@@ -490,7 +541,11 @@ pub(crate) async fn account_form(State(s): State<Arc<AuthServer>>) -> Response {
     )
 }
 
-pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) -> Response {
+pub(crate) async fn account_login(
+    State(s): State<Arc<AuthServer>>,
+    origin: Origin,
+    body: Body,
+) -> Response {
     if !s.identity.settings.local_login {
         return error_page(
             StatusCode::NOT_FOUND,
@@ -501,7 +556,12 @@ pub(crate) async fn account_login(State(s): State<Arc<AuthServer>>, body: Body) 
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Request too large.");
     };
     let f: HashMap<String, String> = parse_form(&bytes);
-    let checked = match throttled_password(&s, &f).await {
+    let ctx = LoginCtx {
+        flow: "account_page",
+        client_id: None,
+        vs: None,
+    };
+    let checked = match throttled_password(&s, &f, &origin, &ctx).await {
         Ok(c) => c,
         Err(r) => return r,
     };

@@ -185,7 +185,11 @@ fn reg_error(msg: &str) -> Response {
 }
 
 /// `POST /oauth/register` (RFC 7591).
-pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Response {
+pub(crate) async fn register(
+    State(s): State<Arc<AuthServer>>,
+    origin: crate::audit::Origin,
+    body: Body,
+) -> Response {
     if !s.identity.settings.registration.enabled {
         return oauth_error(
             StatusCode::FORBIDDEN,
@@ -282,6 +286,13 @@ pub(crate) async fn register(State(s): State<Arc<AuthServer>>, body: Body) -> Re
         );
     }
     tracing::info!(client_id, client_name = %name, application_type = app_type, "client registered");
+    // Registration is unauthenticated: the registrant is anonymous; the record
+    // names the client, never its secret.
+    let detail = j!({"operation": "client.registered", "via": "dcr", "client_id": client_id,
+                     "client_name": name, "application_type": app_type,
+                     "auth_method": method, "redirect_uris": redirect_uris});
+    let actor = crate::audit::anonymous(&origin, Some(&client_id));
+    crate::audit::note(&s, "account.changed", actor, detail).await;
     let mut out = j!({
         "client_id": client_id,
         "client_id_issued_at": now,

@@ -2,6 +2,7 @@
 //! party using the authorization-code flow with PKCE, a nonce, and a single-use
 //! state stored only after consent. IdP quirks live in [`Adapter`].
 
+use crate::audit::{self, Origin};
 use crate::authorize::{self, error_page, fail_to_client, pending, Params};
 use crate::web::{parse_form, redirect, with_query};
 use crate::AuthServer;
@@ -9,10 +10,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_audit::AuditEvent;
 use portcullis_config::{Idp, IdpKind};
 use portcullis_identity::secrets;
 use portcullis_store::identity::{NewUser, UserRow};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -251,6 +253,7 @@ pub(crate) async fn start(
 pub(crate) async fn callback(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
+    origin: Origin,
     RawQuery(q): RawQuery,
 ) -> Response {
     let q = parse_form(q.unwrap_or_default().as_bytes());
@@ -275,6 +278,15 @@ pub(crate) async fn callback(
     let cookie = crate::web::cookie(&headers, authorize::COOKIE).unwrap_or_default();
     if !secrets::same(cookie.as_bytes(), row.csrf.as_bytes()) {
         tracing::warn!("IdP callback from a browser that did not consent; refused");
+        let detail = json!({"method": "oidc", "idp": row.idp, "reason": "foreign_browser",
+                            "error": "the callback came from a browser that did not consent"});
+        audit::note(
+            &s,
+            "auth.login_failed",
+            audit::anonymous(&origin, None),
+            detail,
+        )
+        .await;
         return error_page(
             StatusCode::FORBIDDEN,
             "This sign-in did not start in this browser.",
@@ -290,17 +302,51 @@ pub(crate) async fn callback(
     let Some(idp) = s.idps.0.get(&name).cloned() else {
         return error_page(StatusCode::BAD_REQUEST, "Unknown identity provider.");
     };
+    let detail = json!({"method": "oidc", "idp": name, "flow": "oauth",
+                        "client_id": p.client_id, "virtual_server": p.vs});
+    let failed = |reason: &str, why: &str| {
+        let mut d = detail.clone();
+        d["reason"] = json!(reason);
+        d["error"] = json!(why);
+        audit::note(
+            &s,
+            "auth.login_failed",
+            audit::anonymous(&origin, Some(&p.client_id)),
+            d,
+        )
+    };
     match finish(&s, &idp, &q, &row, &p).await {
         Ok(user) => {
             tracing::info!(user = %user.username, idp = %name, "login");
+            // The login may have created the user and synced their groups.
+            if let Err(e) = s.identity.refresh().await {
+                tracing::warn!(error = %e, "identity refresh after an IdP login failed");
+            }
+            let actor = audit::signed_in(&s, &user, "oidc", Some(&p.client_id), &origin);
+            let event = AuditEvent::security("auth.login", Some(actor), detail.clone());
+            if !audit::record(&s, event).await {
+                return fail_to_client(
+                    &s,
+                    &p,
+                    "temporarily_unavailable",
+                    "the sign-in cannot be recorded in the audit log right now",
+                );
+            }
             authorize::issue_code(&s, &p, &user).await
         }
         Err(Failure::Denied(why)) => {
             tracing::info!(idp = %name, reason = %why, "login refused");
+            failed(denial_reason(&why), &why).await;
             fail_to_client(&s, &p, "access_denied", &why)
         }
         Err(Failure::Broken(why)) => {
             tracing::warn!(idp = %name, reason = %why, "login failed");
+            let reason = if why.contains("id_token") {
+                "bad_id_token"
+            } else {
+                "idp_error"
+            };
+            failed(reason, &why).await;
             fail_to_client(
                 &s,
                 &p,
@@ -314,6 +360,21 @@ pub(crate) async fn callback(
 enum Failure {
     Denied(String),
     Broken(String),
+}
+
+/// The audit `reason` of a refused IdP login.
+fn denial_reason(why: &str) -> &'static str {
+    if why.contains("disabled") {
+        "account_disabled"
+    } else if why.contains("identity provider refused") {
+        "idp_refused"
+    } else if why.contains("issuer") || why.contains("iss parameter") {
+        "issuer_mismatch"
+    } else if why.contains("belongs to another account") {
+        "username_taken"
+    } else {
+        "refused"
+    }
 }
 
 async fn finish(

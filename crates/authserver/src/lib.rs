@@ -11,6 +11,7 @@
 //! tokens with rotating refresh tokens. It does not check tokens on MCP requests
 //! (`portcullis-identity` and the gateway do) and holds no hot-path state.
 
+mod audit;
 mod authorize;
 mod clients;
 mod idp;

@@ -2,6 +2,7 @@
 //! URI, one use only) and refresh-token rotation with reuse detection; and RFC 7009
 //! revocation.
 
+use crate::audit::{self, Origin};
 use crate::clients;
 use crate::web::{json, oauth_error, parse_form, MAX_BODY};
 use crate::AuthServer;
@@ -9,6 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::AuditEvent;
 use portcullis_identity::secrets;
 use portcullis_store::identity::{new_id, FamilyRow, Redeemed, Rotated};
 use serde_json::json as j;
@@ -48,6 +50,7 @@ async fn authenticated_form(
 pub(crate) async fn token(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
+    origin: Origin,
     body: Body,
 ) -> Response {
     let (f, client) = match authenticated_form(&s, &headers, body).await {
@@ -58,7 +61,7 @@ pub(crate) async fn token(
     match get("grant_type").map(String::as_str) {
         Some("authorization_code") => {}
         Some("refresh_token") => {
-            return refresh(&s, &client, get("refresh_token"), get("resource")).await
+            return refresh(&s, &client, get("refresh_token"), get("resource"), &origin).await
         }
         Some(_) => {
             return oauth_error(
@@ -85,9 +88,13 @@ pub(crate) async fn token(
     let code_hash = secrets::digest_hex(code);
     let c = match s.identity.store().redeem_code(&code_hash).await {
         Ok(Redeemed::Fresh(c)) => c,
-        Ok(Redeemed::Replayed { .. }) => {
+        Ok(Redeemed::Replayed { family_id }) => {
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
             let _ = s.identity.refresh().await;
+            let detail = j!({"credential": "grant", "grant_id": family_id,
+                             "reason": "authorization_code_replayed", "client_id": client.client_id});
+            let actor = audit::anonymous(&origin, Some(&client.client_id));
+            audit::note(&s, "token.revoked", actor, detail).await;
             return invalid_grant("authorization code already used");
         }
         Ok(Redeemed::Unknown) => return invalid_grant("unknown authorization code"),
@@ -137,24 +144,57 @@ pub(crate) async fn token(
     {
         return server_error();
     }
-    issue(&s, &family, refresh)
+    issue(&s, &family, refresh, "authorization_code", &client, &origin).await
 }
 
-fn issue(s: &AuthServer, f: &FamilyRow, refresh: String) -> Response {
+/// Sign the access token and answer, once `token.issued` is recorded (a token
+/// the log cannot record is not handed out while the log fails closed).
+async fn issue(
+    s: &AuthServer,
+    f: &FamilyRow,
+    refresh: String,
+    grant_type: &str,
+    client: &clients::Client,
+    origin: &Origin,
+) -> Response {
     match s
         .identity
         .mint_access(&f.user_id, &f.client_id, &f.resource, &f.scope, &f.id)
     {
-        Ok((access, exp)) => json(
-            StatusCode::OK,
-            &j!({
-                "access_token": access,
-                "token_type": "Bearer",
-                "expires_in": exp - portcullis_identity::now(),
-                "refresh_token": refresh,
+        Ok((access, exp)) => {
+            let detail = j!({
+                "credential": "oauth_access_token",
+                "grant_type": grant_type,
+                "client_id": f.client_id,
+                "client_name": client.name,
                 "scope": f.scope,
-            }),
-        ),
+                "audience": f.resource,
+                "virtual_server": s.identity.resource_by_uri(&f.resource).map(|r| r.vs.clone()),
+                "jti": audit::claims_of(&access).map(|c| c.jti),
+                "grant_id": f.id,
+                "expires_at": portcullis_audit::format_time(exp.saturating_mul(1_000_000)),
+                "refresh_token_rotated": true,
+            });
+            let actor = audit::user(s, &f.user_id, None, "oauth", Some(&f.client_id), origin);
+            let event = AuditEvent::security("token.issued", Some(actor), detail);
+            if !audit::record(s, event).await {
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the token cannot be recorded in the audit log right now",
+                );
+            }
+            json(
+                StatusCode::OK,
+                &j!({
+                    "access_token": access,
+                    "token_type": "Bearer",
+                    "expires_in": exp - portcullis_identity::now(),
+                    "refresh_token": refresh,
+                    "scope": f.scope,
+                }),
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "signing an access token failed");
             server_error()
@@ -167,6 +207,7 @@ async fn refresh(
     client: &clients::Client,
     token: Option<&String>,
     resource: Option<&String>,
+    origin: &Origin,
 ) -> Response {
     let Some(token) = token else {
         return oauth_error(
@@ -186,6 +227,10 @@ async fn refresh(
         Ok(Rotated::Reused { family_id }) => {
             tracing::warn!(client_id = %client.client_id, family = %family_id, "refresh token reused; the grant is revoked");
             let _ = s.identity.refresh().await;
+            let detail = j!({"credential": "grant", "grant_id": family_id,
+                             "reason": "refresh_token_reused", "client_id": client.client_id});
+            let actor = audit::anonymous(origin, Some(&client.client_id));
+            audit::note(s, "token.revoked", actor, detail).await;
             return invalid_grant("refresh token already used; the grant has been revoked");
         }
         Ok(Rotated::Revoked) => return invalid_grant("the grant has been revoked or has expired"),
@@ -200,6 +245,11 @@ async fn refresh(
             .revoke_family(&family.id, "refresh token presented by another client")
             .await;
         let _ = s.identity.refresh().await;
+        let detail = j!({"credential": "grant", "grant_id": family.id,
+                         "reason": "refresh_token_presented_by_another_client",
+                         "client_id": client.client_id, "grant_client_id": family.client_id});
+        let actor = audit::anonymous(origin, Some(&client.client_id));
+        audit::note(s, "token.revoked", actor, detail).await;
         return invalid_grant("the refresh token was issued to another client");
     }
     if let Some(r) = resource {
@@ -215,7 +265,7 @@ async fn refresh(
     if !active {
         return invalid_grant("the account is disabled");
     }
-    issue(s, &family, next)
+    issue(s, &family, next, "refresh_token", client, origin).await
 }
 
 /// RFC 7009: revoke a refresh token (its whole grant) or an access token (its
@@ -223,6 +273,7 @@ async fn refresh(
 pub(crate) async fn revoke(
     State(s): State<Arc<AuthServer>>,
     headers: HeaderMap,
+    origin: Origin,
     body: Body,
 ) -> Response {
     let (f, client) = match authenticated_form(&s, &headers, body).await {
@@ -237,6 +288,11 @@ pub(crate) async fn revoke(
         );
     };
     let store = s.identity.store();
+    let kind = if token.starts_with(secrets::REFRESH_PREFIX) {
+        "refresh_token"
+    } else {
+        "access_token"
+    };
     let family = if token.starts_with(secrets::REFRESH_PREFIX) {
         store
             .family_of_refresh(&secrets::digest_hex(token))
@@ -264,10 +320,24 @@ pub(crate) async fn revoke(
             .await
             .ok()
             .and_then(|fs| fs.into_iter().find(|x| x.id == fid))
-            .is_some_and(|x| x.client_id == client.client_id);
-        if owned {
+            .filter(|x| x.client_id == client.client_id);
+        if let Some(grant) = owned {
             let _ = store.revoke_family(&fid, "revoked by the client").await;
             let _ = s.identity.refresh().await;
+            if grant.revoked_at.is_none() {
+                let detail = j!({"credential": "grant", "grant_id": fid, "presented": kind,
+                                 "reason": "revoked_by_client", "via": "rfc7009",
+                                 "client_id": client.client_id});
+                let actor = audit::user(
+                    &s,
+                    &grant.user_id,
+                    None,
+                    "oauth",
+                    Some(&client.client_id),
+                    &origin,
+                );
+                audit::note(&s, "token.revoked", actor, detail).await;
+            }
         }
     }
     // RFC 7009 §2.2: 200 whether or not the token was known.
