@@ -21,9 +21,11 @@
 //! never returns a secret except a new API token in its creation answer.
 
 mod api;
+mod audit_log;
 mod scim;
 mod wire;
 
+pub use audit_log::record_policy_reloads;
 pub use wire::rfc3339;
 
 use axum::extract::FromRef;
@@ -122,6 +124,8 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

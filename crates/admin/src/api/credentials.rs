@@ -3,11 +3,14 @@
 
 use super::users::referenced_user;
 use super::{applied, body, no_content, ok, param, query, text, ApiError, ApiResult, Ctx};
+use crate::audit_log::{self, who};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::{format_time, Actor};
 use portcullis_identity::{accounts, now, Identity};
-use portcullis_store::identity::{ApiTokenRow, ClientRow};
+use portcullis_store::identity::{ApiTokenRow, ClientRow, UserRow};
 use portcullis_store::identity_admin::GrantRow;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -68,7 +71,25 @@ pub fn check_scopes(identity: &Identity, scopes: &[String]) -> Result<(), ApiErr
     Ok(())
 }
 
-pub async fn create_token(State(identity): State<Ctx>, headers: HeaderMap, b: Body) -> ApiResult {
+/// An API token as its audit records name it: id and metadata, never the secret.
+pub(crate) fn token_detail(t: &ApiTokenRow, user: &UserRow) -> Value {
+    let scopes: Vec<String> = serde_json::from_str(&t.scopes).unwrap_or_default();
+    json!({
+        "credential": if user.kind == "service" { "service_account_token" } else { "api_token" },
+        "token_id": t.id,
+        "name": t.name,
+        "user": who(&user.id, &user.username, &user.kind),
+        "scopes": scopes,
+        "expires_at": t.expires_at.map(|e| format_time(e.saturating_mul(1_000_000))),
+    })
+}
+
+pub async fn create_token(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    b: Body,
+) -> ApiResult {
     let req: CreateToken = body(&headers, b).await?;
     text("name", &req.name, 128)?;
     check_scopes(&identity, &req.scopes)?;
@@ -84,12 +105,19 @@ pub async fn create_token(State(identity): State<Ctx>, headers: HeaderMap, b: Bo
     )
     .await?;
     applied(&identity).await;
+    let mut detail = token_detail(&row, &user);
+    detail["via"] = json!("api");
+    audit_log::changed(&identity, "token.issued", &actor, detail).await;
     let mut v = token_json(&row);
     v["token"] = Value::String(secret);
     Ok(ok(StatusCode::CREATED, &v))
 }
 
-pub async fn revoke_token(State(identity): State<Ctx>, Path(id): Path<String>) -> ApiResult {
+pub async fn revoke_token(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let store = identity.store();
     let Some(t) = store.api_token(&id).await? else {
         return Err(ApiError::not_found(format!("no token with id {id:?}")));
@@ -97,6 +125,14 @@ pub async fn revoke_token(State(identity): State<Ctx>, Path(id): Path<String>) -
     if t.revoked_at.is_none() {
         store.revoke_api_token(&id).await?;
         applied(&identity).await;
+        let mut detail = match store.user(&t.user_id).await? {
+            Some(u) => token_detail(&t, &u),
+            None => json!({"credential": "api_token", "token_id": t.id, "name": t.name,
+                           "user": {"id": t.user_id}}),
+        };
+        detail["via"] = json!("api");
+        detail["reason"] = json!("revoked_by_admin");
+        audit_log::changed(&identity, "token.revoked", &actor, detail).await;
     }
     Ok(no_content())
 }
@@ -136,14 +172,23 @@ pub async fn list_clients(State(identity): State<Ctx>, RawQuery(q): RawQuery) ->
 
 pub async fn delete_client(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(client_id): Path<String>,
 ) -> ApiResult {
+    let name = identity
+        .store()
+        .client(&client_id)
+        .await?
+        .map(|c| c.client_name);
     if !identity.store().delete_client(&client_id).await? {
         return Err(ApiError::not_found(format!(
             "no client with id {client_id:?}"
         )));
     }
     applied(&identity).await;
+    let detail = json!({"operation": "client.deleted", "via": "api", "client_id": client_id,
+                        "client_name": name, "grants_revoked": true});
+    audit_log::changed(&identity, "account.changed", &actor, detail).await;
     Ok(no_content())
 }
 
@@ -169,7 +214,11 @@ pub async fn list_grants(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> 
     Ok(ok(StatusCode::OK, &json!({ "grants": items })))
 }
 
-pub async fn revoke_grant(State(identity): State<Ctx>, Path(id): Path<String>) -> ApiResult {
+pub async fn revoke_grant(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let store = identity.store();
     let Some(f) = store.family(&id).await? else {
         return Err(ApiError::not_found(format!("no grant with id {id:?}")));
@@ -179,13 +228,23 @@ pub async fn revoke_grant(State(identity): State<Ctx>, Path(id): Path<String>) -
             .revoke_family(&id, "revoked by an administrator")
             .await?;
         applied(&identity).await;
+        let detail = json!({"credential": "grant", "grant_id": f.id, "user": {"id": f.user_id},
+                            "client_id": f.client_id, "audience": f.resource,
+                            "reason": "revoked_by_admin", "via": "api"});
+        audit_log::changed(&identity, "token.revoked", &actor, detail).await;
     }
     Ok(no_content())
 }
 
-pub async fn rotate_keys(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn rotate_keys(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     query(q.as_deref(), &[])?;
     let kid = accounts::rotate_signing_key(identity.store()).await?;
     applied(&identity).await;
+    let detail = json!({"operation": "keys.rotated", "via": "api", "kid": kid});
+    audit_log::changed(&identity, "keys.rotated", &actor, detail).await;
     Ok(ok(StatusCode::OK, &json!({ "kid": kid })))
 }

@@ -3,9 +3,12 @@
 
 use super::users::referenced_user;
 use super::{applied, body, no_content, ok, query, text, ApiError, ApiResult, Ctx};
+use crate::audit_log;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::Actor;
 use portcullis_store::identity::GroupRow;
 use portcullis_store::Store;
 use serde::Deserialize;
@@ -42,6 +45,23 @@ async fn user_ids(store: &Store, field: &str, ids: &[String]) -> Result<Vec<Stri
     Ok(out)
 }
 
+/// `account.changed` for a group (membership decides access to virtual servers).
+async fn record(identity: &Ctx, actor: &Actor, operation: &str, g: &GroupRow, extra: Value) {
+    let mut detail = json!({"operation": operation, "via": "api",
+                            "group": {"id": g.id, "display_name": g.display_name}});
+    if let (Some(d), Value::Object(more)) = (detail.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    audit_log::changed(identity, "account.changed", actor, detail).await;
+}
+
+/// Who joined and who left, from the member lists before and after.
+fn membership_change(before: &[String], after: &[String]) -> Value {
+    let added: Vec<&String> = after.iter().filter(|u| !before.contains(u)).collect();
+    let removed: Vec<&String> = before.iter().filter(|u| !after.contains(u)).collect();
+    json!({"added": added, "removed": removed})
+}
+
 pub async fn list(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> ApiResult {
     query(q.as_deref(), &[])?;
     let store = identity.store();
@@ -67,7 +87,12 @@ pub struct CreateGroup {
     members: Vec<String>,
 }
 
-pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, b: Body) -> ApiResult {
+pub async fn create(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    b: Body,
+) -> ApiResult {
     let req: CreateGroup = body(&headers, b).await?;
     text("display_name", &req.display_name, 256)?;
     if let Some(e) = &req.external_id {
@@ -89,6 +114,8 @@ pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, b: Body) ->
     }
     applied(&identity).await;
     let group = find_group(store, &group.id).await?;
+    let change = membership_change(&[], &members);
+    record(&identity, &actor, "group.created", &group, change).await;
     Ok(ok(
         StatusCode::CREATED,
         &group_json(&group, &store.group_member_ids(&group.id).await?),
@@ -113,6 +140,7 @@ pub struct UpdateGroup {
 
 pub async fn update(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body,
@@ -142,19 +170,27 @@ pub async fn update(
         .await?;
     applied(&identity).await;
     let group = find_group(store, &id).await?;
+    record(&identity, &actor, "group.updated", &group, json!({})).await;
     Ok(ok(
         StatusCode::OK,
         &group_json(&group, &store.group_member_ids(&id).await?),
     ))
 }
 
-pub async fn remove(State(identity): State<Ctx>, Path(id): Path<String>) -> ApiResult {
+pub async fn remove(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let store = identity.store();
-    find_group(store, &id).await?;
+    let group = find_group(store, &id).await?;
+    let members = store.group_member_ids(&id).await?;
     if !store.delete_group(&id).await? {
         return Err(ApiError::not_found(format!("no group with id {id:?}")));
     }
     applied(&identity).await;
+    let change = membership_change(&members, &[]);
+    record(&identity, &actor, "group.deleted", &group, change).await;
     Ok(no_content())
 }
 
@@ -184,16 +220,20 @@ pub struct ReplaceMembers {
 
 pub async fn replace_members(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body,
 ) -> ApiResult {
     let req: ReplaceMembers = body(&headers, b).await?;
     let store = identity.store();
-    find_group(store, &id).await?;
+    let group = find_group(store, &id).await?;
     let members = user_ids(store, "user_ids", &req.user_ids).await?;
+    let before = store.group_member_ids(&id).await?;
     store.set_members(&id, &members).await?;
     applied(&identity).await;
+    let change = membership_change(&before, &members);
+    record(&identity, &actor, "group.members_changed", &group, change).await;
     Ok(ok(StatusCode::OK, &member_list(store, &id).await?))
 }
 
@@ -205,13 +245,14 @@ pub struct AddMember {
 
 pub async fn add_member(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body,
 ) -> ApiResult {
     let req: AddMember = body(&headers, b).await?;
     let store = identity.store();
-    find_group(store, &id).await?;
+    let group = find_group(store, &id).await?;
     referenced_user(store, "user_id", &req.user_id).await?;
     let already = store.group_member_ids(&id).await?.contains(&req.user_id);
     if !already {
@@ -219,6 +260,8 @@ pub async fn add_member(
             .change_members(&id, std::slice::from_ref(&req.user_id), &[])
             .await?;
         applied(&identity).await;
+        let change = membership_change(&[], std::slice::from_ref(&req.user_id));
+        record(&identity, &actor, "group.members_changed", &group, change).await;
     }
     let status = if already {
         StatusCode::OK
@@ -230,10 +273,11 @@ pub async fn add_member(
 
 pub async fn remove_member(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path((id, user_id)): Path<(String, String)>,
 ) -> ApiResult {
     let store = identity.store();
-    find_group(store, &id).await?;
+    let group = find_group(store, &id).await?;
     if !store.group_member_ids(&id).await?.contains(&user_id) {
         return Err(ApiError::not_found(format!(
             "user {user_id:?} is not a member of group {id:?}"
@@ -243,5 +287,7 @@ pub async fn remove_member(
         .change_members(&id, &[], std::slice::from_ref(&user_id))
         .await?;
     applied(&identity).await;
+    let change = membership_change(std::slice::from_ref(&user_id), &[]);
+    record(&identity, &actor, "group.members_changed", &group, change).await;
     Ok(no_content())
 }

@@ -3,6 +3,7 @@
 //! usage. Every route needs an API token with the `admin` scope whose user is an
 //! administrator.
 
+mod audit;
 mod credentials;
 mod groups;
 mod policies;
@@ -57,6 +58,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/approvals"),
     ("POST", "/api/v1/approvals/{id}"),
     ("GET", "/api/v1/usage"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/status"),
 ];
 
 /// The handler registered for one entry of [`ROUTES`].
@@ -93,6 +96,8 @@ pub fn endpoint(method: &str, path: &str) -> Option<MethodRouter<crate::AdminSta
         ("GET", "/api/v1/approvals") => get(policies::approvals),
         ("POST", "/api/v1/approvals/{id}") => post(policies::decide),
         ("GET", "/api/v1/usage") => get(policies::usage),
+        ("GET", "/api/v1/audit") => get(audit::search),
+        ("GET", "/api/v1/audit/status") => get(audit::status),
         _ => return None,
     })
 }
@@ -248,6 +253,8 @@ pub async fn guard(State(identity): State<Ctx>, mut req: Request, next: Next) ->
         path = %req.uri().path(),
         "admin API request"
     );
+    let actor = crate::audit_log::actor(&principal, req.headers(), req.extensions());
+    req.extensions_mut().insert(actor);
     req.extensions_mut().insert(principal);
     next.run(req).await
 }

@@ -4,11 +4,13 @@
 //! suite format, and calls waiting for an approver.
 
 use super::{body, ok, param, query, ApiError, ApiResult};
+use crate::audit_log;
 use crate::wire::MAX_BODY;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::Extension;
 use http::{header, HeaderMap, StatusCode};
+use portcullis_audit::{Actor, Target};
 use portcullis_identity::{now, Identity, Principal};
 use portcullis_policy::{PolicyError, PolicyRuntime, SourceError, Suite, STORED_PREFIX};
 use serde::Deserialize;
@@ -179,7 +181,9 @@ async fn apply(rt: &PolicyRuntime, name: &str, revision: i64) -> Value {
 
 pub async fn put(
     State(policy): State<Policy>,
+    State(identity): State<Arc<Identity>>,
     Extension(caller): Extension<Principal>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     headers: HeaderMap,
     b: Body,
@@ -197,12 +201,33 @@ pub async fn put(
         .put_policy(&name, &text, &caller.user.username)
         .await?;
     tracing::info!(name, admin = %caller.user.username, revision, "policy document stored");
-    Ok(ok(StatusCode::OK, &apply(rt, &name, revision).await))
+    let answer = apply(rt, &name, revision).await;
+    let mut detail = change_detail("put", &answer);
+    detail["sha256"] = json!(audit_log::sha256(&text));
+    detail["bytes"] = json!(text.len());
+    audit_log::changed(&identity, "policy.changed", &actor, detail).await;
+    Ok(ok(StatusCode::OK, &answer))
+}
+
+/// A stored document's change as recorded: name, revision, the version in
+/// force after it and whether it applied (the text only by digest).
+fn change_detail(operation: &str, answer: &Value) -> Value {
+    json!({
+        "operation": operation,
+        "via": "api",
+        "name": answer["name"],
+        "origin": answer["name"].as_str().map(|n| format!("{STORED_PREFIX}{n}")),
+        "revision": answer["revision"],
+        "version": answer["version"],
+        "applied": answer["applied"],
+    })
 }
 
 pub async fn remove(
     State(policy): State<Policy>,
+    State(identity): State<Arc<Identity>>,
     Extension(caller): Extension<Principal>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> ApiResult {
     check_name(&name)?;
@@ -228,7 +253,10 @@ pub async fn remove(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no stored policy document {name:?}")))?;
     tracing::info!(name, admin = %caller.user.username, revision, "policy document deleted");
-    Ok(ok(StatusCode::OK, &apply(rt, &name, revision).await))
+    let answer = apply(rt, &name, revision).await;
+    let detail = change_detail("delete", &answer);
+    audit_log::changed(&identity, "policy.changed", &actor, detail).await;
+    Ok(ok(StatusCode::OK, &answer))
 }
 
 /// Decide described requests with the installed set; nothing is called.
@@ -260,7 +288,9 @@ pub struct Decide {
 
 pub async fn decide(
     State(policy): State<Policy>,
+    State(identity): State<Arc<Identity>>,
     Extension(caller): Extension<Principal>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body,
@@ -273,6 +303,23 @@ pub async fn decide(
         .decide(&id, req.approve, by)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     tracing::info!(id, approved = req.approve, approver = %by, user = %request.user, tool = %request.tool, "approval decided");
+    let detail = json!({
+        "approval_id": request.id,
+        "checkpoint": "approver",
+        "decision": if req.approve { "approved" } else { "refused" },
+        "approver": by,
+        "requesting_user": request.user,
+        "virtual_server": request.virtual_server,
+        "tool": request.tool,
+        "policies": request.policies,
+        "requested_at": portcullis_audit::format_time(request.requested_at.saturating_mul(1_000_000)),
+    });
+    let target = Target {
+        virtual_server: Some(request.virtual_server.clone()),
+        tool: Some(request.tool.clone()),
+        ..Default::default()
+    };
+    audit_log::changed_on(&identity, "checkpoint.decided", &actor, detail, target).await;
     Ok(ok(
         StatusCode::OK,
         &json!({ "approval": request, "approved": req.approve, "by": by }),

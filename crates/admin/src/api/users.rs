@@ -3,10 +3,12 @@
 use super::{
     applied, body, email, no_content, nullable, ok, param, query, text, ApiError, ApiResult, Ctx,
 };
+use crate::audit_log::{self, who};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::Extension;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::Actor;
 use portcullis_identity::{accounts, secrets, Principal};
 use portcullis_store::identity::{NewUser, UserPatch, UserRow};
 use portcullis_store::Store;
@@ -74,7 +76,12 @@ pub struct CreateUser {
     password: Option<String>,
 }
 
-pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, b: Body) -> ApiResult {
+pub async fn create(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    b: Body,
+) -> ApiResult {
     let req: CreateUser = body(&headers, b).await?;
     text("username", &req.username, 128)?;
     if let Some(e) = &req.email {
@@ -107,6 +114,10 @@ pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, b: Body) ->
         })
         .await?;
     applied(&identity).await;
+    let detail = json!({"operation": "user.created", "via": "api",
+                        "user": who(&user.id, &user.username, &user.kind),
+                        "is_admin": user.is_admin, "local": user.password_hash.is_some()});
+    audit_log::changed(&identity, "account.changed", &actor, detail).await;
     Ok(ok(StatusCode::CREATED, &user_json(&user)))
 }
 
@@ -151,6 +162,7 @@ pub struct UpdateUser {
 pub async fn update(
     State(identity): State<Ctx>,
     Extension(caller): Extension<Principal>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: Body,
@@ -172,7 +184,7 @@ pub async fn update(
         text("display_name", d, 256)?;
     }
     let store = identity.store();
-    find_user(store, &id).await?;
+    let before = find_user(store, &id).await?;
     if id == caller.user.id && (req.active == Some(false) || req.is_admin == Some(false)) {
         return Err(ApiError::bad_request(
             "refusing to disable or demote the account making this request",
@@ -190,12 +202,41 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user with id {id:?}")))?;
     applied(&identity).await;
+    let operation = match (before.active, user.active) {
+        (true, false) => "user.disabled",
+        (false, true) => "user.enabled",
+        _ => "user.updated",
+    };
+    let detail = json!({"operation": operation, "via": "api",
+                        "user": who(&user.id, &user.username, &user.kind),
+                        "changed": changed_fields(&before, &user)});
+    audit_log::changed(&identity, "account.changed", &actor, detail).await;
     Ok(ok(StatusCode::OK, &user_json(&user)))
+}
+
+/// Which of the attributes the admin API edits differ (names and new values;
+/// none is a secret).
+fn changed_fields(before: &UserRow, after: &UserRow) -> Value {
+    let mut out = serde_json::Map::new();
+    if before.active != after.active {
+        out.insert("active".into(), json!(after.active));
+    }
+    if before.is_admin != after.is_admin {
+        out.insert("is_admin".into(), json!(after.is_admin));
+    }
+    if before.email != after.email {
+        out.insert("email".into(), json!(after.email));
+    }
+    if before.display_name != after.display_name {
+        out.insert("display_name".into(), json!(after.display_name));
+    }
+    Value::Object(out)
 }
 
 pub async fn remove(
     State(identity): State<Ctx>,
     Extension(caller): Extension<Principal>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult {
     if id == caller.user.id {
@@ -204,11 +245,14 @@ pub async fn remove(
         ));
     }
     let store = identity.store();
-    find_user(store, &id).await?;
+    let user = find_user(store, &id).await?;
     if !store.delete_user(&id).await? {
         return Err(ApiError::not_found(format!("no user with id {id:?}")));
     }
     applied(&identity).await;
+    let detail = json!({"operation": "user.deleted", "via": "api",
+                        "user": who(&user.id, &user.username, &user.kind)});
+    audit_log::changed(&identity, "account.changed", &actor, detail).await;
     Ok(no_content())
 }
 
@@ -222,6 +266,7 @@ pub struct CreateServiceAccount {
 
 pub async fn create_service_account(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     b: Body,
 ) -> ApiResult {
@@ -250,5 +295,8 @@ pub async fn create_service_account(
     }
     let sa = accounts::create_service_account(store, &req.name, owner.as_deref()).await?;
     applied(&identity).await;
+    let detail = json!({"operation": "service_account.created", "via": "api",
+                        "user": who(&sa.id, &sa.username, &sa.kind), "owner_id": sa.owner_id});
+    audit_log::changed(&identity, "account.changed", &actor, detail).await;
     Ok(ok(StatusCode::CREATED, &user_json(&sa)))
 }

@@ -10,7 +10,9 @@ use super::{
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::Actor;
 use portcullis_store::identity::GroupRow;
 use portcullis_store::Store;
 use serde_json::{json, Value};
@@ -132,7 +134,29 @@ pub async fn list(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> ScimRes
     Ok(super::list_response(all, &q))
 }
 
-pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, body: Body) -> ScimResult {
+/// `account.changed` for a provisioning operation on a group.
+async fn record(identity: &Ctx, actor: &Actor, operation: &str, g: &GroupRow, extra: Value) {
+    let mut detail = json!({"operation": operation, "via": "scim",
+                            "group": {"id": g.id, "display_name": g.display_name,
+                                      "external_id": g.external_id}});
+    if let (Some(d), Value::Object(more)) = (detail.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    crate::audit_log::changed(identity, "account.changed", actor, detail).await;
+}
+
+fn membership_change(before: &[String], after: &[String]) -> Value {
+    let added: Vec<&String> = after.iter().filter(|u| !before.contains(u)).collect();
+    let removed: Vec<&String> = before.iter().filter(|u| !after.contains(u)).collect();
+    json!({"added": added, "removed": removed})
+}
+
+pub async fn create(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    body: Body,
+) -> ScimResult {
     let res = read_body(&headers, body).await?;
     let name = display_name_of(&res)?;
     let external_id = external_id_of(&res)?;
@@ -146,6 +170,8 @@ pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, body: Body)
     applied(&identity).await;
     tracing::info!(group = %name, members = members.len(), "SCIM: group provisioned");
     let group = find(store, &group.id).await?;
+    let change = membership_change(&[], &members);
+    record(&identity, &actor, "group.provisioned", &group, change).await;
     Ok(created(&rendered(store, &group, &base(&identity)).await?))
 }
 
@@ -163,6 +189,7 @@ pub async fn show(
 /// Store a group's new name, external id and members.
 async fn save(
     identity: &Ctx,
+    actor: &Actor,
     current: &GroupRow,
     name: String,
     external_id: Option<String>,
@@ -170,8 +197,10 @@ async fn save(
 ) -> ScimResult {
     let store = identity.store();
     let mut changed = false;
+    let mut extra = json!({});
     if name != current.display_name || (external_id.is_some() && external_id != current.external_id)
     {
+        extra["renamed"] = json!(name != current.display_name);
         check_unique(store, &name, Some(&current.id)).await?;
         store
             .rename_group(&current.id, &name, external_id.as_deref())
@@ -183,12 +212,20 @@ async fn save(
         if now.len() != m.len() || m.iter().any(|x| !now.contains(x)) {
             store.set_members(&current.id, &m).await?;
             changed = true;
+            if let (Some(e), Value::Object(ch)) =
+                (extra.as_object_mut(), membership_change(&now, &m))
+            {
+                e.extend(ch);
+            }
         }
     }
     if changed {
         applied(identity).await;
     }
     let group = find(store, &current.id).await?;
+    if changed {
+        record(identity, actor, "group.updated", &group, extra).await;
+    }
     Ok(respond(
         StatusCode::OK,
         &rendered(store, &group, &base(identity)).await?,
@@ -197,6 +234,7 @@ async fn save(
 
 pub async fn replace(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -207,11 +245,20 @@ pub async fn replace(
     let name = display_name_of(&res)?;
     let external_id = external_id_of(&res)?;
     let members = members_of(store, &res).await?;
-    save(&identity, &current, name, external_id, Some(members)).await
+    save(
+        &identity,
+        &actor,
+        &current,
+        name,
+        external_id,
+        Some(members),
+    )
+    .await
 }
 
 pub async fn patch(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -229,14 +276,27 @@ pub async fn patch(
     } else {
         None
     };
-    save(&identity, &current, name, external_id, members).await
+    save(&identity, &actor, &current, name, external_id, members).await
 }
 
-pub async fn remove(State(identity): State<Ctx>, Path(id): Path<String>) -> ScimResult {
+pub async fn remove(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ScimResult {
     let store = identity.store();
     let group = find(store, &id).await?;
+    let members = store.group_member_ids(&id).await?;
     store.delete_group(&id).await?;
     applied(&identity).await;
+    record(
+        &identity,
+        &actor,
+        "group.deleted",
+        &group,
+        membership_change(&members, &[]),
+    )
+    .await;
     tracing::info!(group = %group.display_name, "SCIM: group deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

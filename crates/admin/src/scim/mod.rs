@@ -194,7 +194,7 @@ impl From<BodyError> for ScimError {
 pub type ScimResult = Result<Response, ScimError>;
 
 /// Refuse anything but an API token with the `scim` scope.
-pub async fn guard(State(identity): State<Ctx>, req: Request, next: Next) -> Response {
+pub async fn guard(State(identity): State<Ctx>, mut req: Request, next: Next) -> Response {
     let authz = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -225,6 +225,8 @@ pub async fn guard(State(identity): State<Ctx>, req: Request, next: Next) -> Res
         path = %req.uri().path(),
         "SCIM request"
     );
+    let actor = crate::audit_log::actor(&principal, req.headers(), req.extensions());
+    req.extensions_mut().insert(actor);
     next.run(req).await
 }
 

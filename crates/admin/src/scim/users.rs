@@ -10,10 +10,13 @@ use super::{
     applied, base, check_text, created, list_query, meta, opt_str, projection, read_body, respond,
     Ctx, ScimError, ScimResult, USER_SCHEMA,
 };
+use crate::audit_log::{self, who};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
+use axum::Extension;
 use http::{HeaderMap, StatusCode};
+use portcullis_audit::Actor;
 use portcullis_store::identity::{NewUser, UserPatch, UserRow};
 use portcullis_store::Store;
 use serde_json::{json, Value};
@@ -258,7 +261,36 @@ pub async fn list(State(identity): State<Ctx>, RawQuery(q): RawQuery) -> ScimRes
     Ok(super::list_response(all, &q))
 }
 
-pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, body: Body) -> ScimResult {
+/// `account.changed` for a provisioning operation on `u`.
+async fn record(identity: &Ctx, actor: &Actor, operation: &str, u: &UserRow, changed: Value) {
+    let detail = json!({"operation": operation, "via": "scim",
+                        "user": who(&u.id, &u.username, &u.kind),
+                        "external_id": u.external_id, "active": u.active, "changed": changed});
+    audit_log::changed(identity, "account.changed", actor, detail).await;
+}
+
+/// The names of the attributes a patch changes (not their values).
+fn changed_names(p: &UserPatch) -> Value {
+    let names: Vec<&str> = [
+        ("userName", p.username.is_some()),
+        ("emails", p.email.is_some()),
+        ("displayName", p.display_name.is_some()),
+        ("externalId", p.external_id.is_some()),
+        ("active", p.active.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(n, _)| n)
+    .collect();
+    json!(names)
+}
+
+pub async fn create(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    body: Body,
+) -> ScimResult {
     let res = read_body(&headers, body).await?;
     let f = fields(&res)?;
     let store = identity.store();
@@ -283,6 +315,7 @@ pub async fn create(State(identity): State<Ctx>, headers: HeaderMap, body: Body)
     }
     applied(&identity).await;
     tracing::info!(user = %user.username, "SCIM: user provisioned");
+    record(&identity, &actor, "user.provisioned", &user, json!([])).await;
     Ok(created(&rendered(store, &user, &base(&identity)).await?))
 }
 
@@ -297,7 +330,7 @@ pub async fn show(
     Ok(respond(StatusCode::OK, &projection(q.as_deref()).apply(r)))
 }
 
-async fn save(identity: &Ctx, id: &str, patch: &UserPatch) -> ScimResult {
+async fn save(identity: &Ctx, actor: &Actor, id: &str, patch: &UserPatch) -> ScimResult {
     let store = identity.store();
     if let Some(u) = &patch.username {
         check_unique(store, u, Some(id)).await?;
@@ -313,6 +346,12 @@ async fn save(identity: &Ctx, id: &str, patch: &UserPatch) -> ScimResult {
         if patch.active == Some(false) {
             tracing::info!(user = %u.username, "SCIM: user deactivated; credentials revoked");
         }
+        let operation = match patch.active {
+            Some(false) => "user.deprovisioned",
+            Some(true) => "user.reactivated",
+            None => "user.updated",
+        };
+        record(identity, actor, operation, &u, changed_names(patch)).await;
         u
     };
     Ok(respond(
@@ -325,6 +364,7 @@ async fn save(identity: &Ctx, id: &str, patch: &UserPatch) -> ScimResult {
 /// link to the person), an absent `active` leaves the state alone.
 pub async fn replace(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -340,11 +380,12 @@ pub async fn replace(
         active: f.active,
         ..Default::default()
     };
-    save(&identity, &id, &patch).await
+    save(&identity, &actor, &id, &patch).await
 }
 
 pub async fn patch(
     State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -356,15 +397,20 @@ pub async fn patch(
     let mut after = before.clone();
     apply_ops(&mut after, &ops)?;
     let patch = patch_changes(&before, &after, &current)?;
-    save(&identity, &id, &patch).await
+    save(&identity, &actor, &id, &patch).await
 }
 
-pub async fn remove(State(identity): State<Ctx>, Path(id): Path<String>) -> ScimResult {
+pub async fn remove(
+    State(identity): State<Ctx>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ScimResult {
     let store = identity.store();
     let user = find(store, &id).await?;
     store.delete_user(&id).await?;
     applied(&identity).await;
     tracing::info!(user = %user.username, "SCIM: user deleted; credentials revoked");
+    record(&identity, &actor, "user.deleted", &user, json!([])).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
