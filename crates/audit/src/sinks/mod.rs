@@ -529,7 +529,7 @@ impl Runner {
                 Ok(c) => break c.unwrap_or(0),
                 Err(e) => {
                     failures += 1;
-                    self.failed(&format!("reading the cursor: {e}"), failures);
+                    self.failed(&format!("reading the cursor: {e}"), failures, false);
                     if self.stopping() {
                         return;
                     }
@@ -561,13 +561,13 @@ impl Runner {
                     }
                     self.wait_for_records().await;
                 }
-                Err((e, rejected)) => {
+                Err((e, wait)) => {
                     failures = failures.saturating_add(1);
-                    self.failed(&e, failures);
+                    self.failed(&e, failures, matches!(wait, Wait::Longest));
                     if stopping {
                         return;
                     }
-                    let delay = match rejected {
+                    let delay = match wait {
                         Wait::Longest => Duration::from_millis(self.sink.backoff_max_ms),
                         Wait::Backoff(after) => {
                             let b = backoff(
@@ -667,7 +667,9 @@ impl Runner {
         Some(to)
     }
 
-    fn failed(&self, error: &str, failures: u32) {
+    /// Note a failed attempt. A refusal that only a configuration change
+    /// can fix is logged as an error, other failures as warnings.
+    fn failed(&self, error: &str, failures: u32, misconfigured: bool) {
         let now = crate::clock::now_us();
         self.shared.update(|p| {
             p.last_error = Some(error.to_owned());
@@ -675,8 +677,14 @@ impl Runner {
             p.consecutive_failures = u64::from(failures);
         });
         // Name and redacted target only: never headers or tokens.
-        tracing::warn!(sink = %self.sink.name, target = %self.shared.target, attempt = failures,
-            error = %error, "audit sink delivery failed; retrying");
+        let (sink, target) = (&self.sink.name, &self.shared.target);
+        if misconfigured {
+            tracing::error!(sink = %sink, target = %target, attempt = failures, error = %error,
+                "audit sink refused by its receiver; retrying at the longest backoff until the configuration is fixed");
+        } else {
+            tracing::warn!(sink = %sink, target = %target, attempt = failures, error = %error,
+                "audit sink delivery failed; retrying");
+        }
     }
 
     async fn wait_for_records(&mut self) {

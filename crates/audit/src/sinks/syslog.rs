@@ -142,7 +142,34 @@ impl SyslogSink {
 }
 
 /// False when the peer closed the connection or it failed; whatever a
-/// receiver sends (nothing, normally) is read and ignored.
+/// receiver sends (nothing, normally) is read and ignored. On Unix the check
+/// reads a duplicate of the socket directly, so it does not depend on the
+/// runtime having seen the peer's FIN yet.
+#[cfg(unix)]
+fn alive(stream: &TcpStream) -> bool {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let Ok(fd) = stream.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    // The duplicate shares the original's (non-blocking) file description.
+    let mut probe = std::net::TcpStream::from(fd);
+    if probe.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    loop {
+        match probe.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(not(unix))]
 fn alive(stream: &TcpStream) -> bool {
     let mut buf = [0u8; 512];
     loop {

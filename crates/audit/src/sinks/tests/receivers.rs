@@ -170,10 +170,7 @@ async fn read_frames(
         };
         pending.extend_from_slice(&buf[..n]);
         // Take every complete frame.
-        loop {
-            let Some(space) = pending.iter().position(|b| *b == b' ') else {
-                break;
-            };
+        while let Some(space) = pending.iter().position(|b| *b == b' ') {
             let Some(len) = std::str::from_utf8(&pending[..space])
                 .ok()
                 .and_then(|s| s.parse::<usize>().ok())
