@@ -4,7 +4,7 @@
 //! a keyed digest (a plain hash of a short secret could be brute-forced).
 
 use hmac::{Hmac, Mac};
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
@@ -73,6 +73,8 @@ const MAX_DEPTH: usize = 6;
 pub struct Masker {
     extra_names: Vec<String>,
     shapes: Vec<(&'static str, Regex)>,
+    /// All shapes at once: one pass decides whether a string needs masking.
+    any_shape: RegexSet,
     digest_key: Vec<u8>,
 }
 
@@ -84,16 +86,19 @@ impl Masker {
             .iter()
             .filter_map(|(name, re)| Some((*name, Regex::new(re).ok()?)))
             .collect();
+        let any_shape = RegexSet::new(SECRET_SHAPES.iter().map(|(_, re)| *re))
+            .unwrap_or_else(|_| RegexSet::empty());
         Masker {
             extra_names: extra_names.iter().map(|n| n.to_ascii_lowercase()).collect(),
             shapes,
+            any_shape,
             digest_key,
         }
     }
 
     #[cfg(test)]
     pub(crate) fn shape_count(&self) -> usize {
-        self.shapes.len()
+        self.shapes.len().min(self.any_shape.len())
     }
 
     pub fn is_secret_name(&self, name: &str) -> bool {
@@ -143,8 +148,9 @@ impl Masker {
     /// A string with secret shapes masked, shortened when long.
     pub fn text(&self, s: &str) -> String {
         let mut masked = std::borrow::Cow::Borrowed(s);
-        for (name, re) in &self.shapes {
-            if re.is_match(&masked) {
+        let hits = self.any_shape.matches(s);
+        for (i, (name, re)) in self.shapes.iter().enumerate() {
+            if hits.matched(i) && re.is_match(&masked) {
                 masked = std::borrow::Cow::Owned(
                     re.replace_all(&masked, format!("[masked:{name}]").as_str())
                         .into_owned(),

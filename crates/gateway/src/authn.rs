@@ -48,13 +48,16 @@ pub(crate) async fn require_token(
         Ok(p) => p,
         Err(why) => {
             tracing::info!(virtual_server = %vs, reason = %why, "request refused");
+            // A request without any credential is how every OAuth client
+            // discovers the authorization server: only refused credentials
+            // are invalid access attempts worth a record.
+            if authz.is_some() {
+                record_refusal(&gw, &req, &vs, &why);
+            }
             return challenge(&identity, &vs, &why);
         }
     };
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = peer(&req);
     req.extensions_mut().insert(principal.clone());
     req.extensions_mut().insert(crate::govern::Who {
         principal: principal.clone(),
@@ -73,6 +76,42 @@ pub(crate) async fn require_token(
     let lost = lost_access(identity, principal, vs);
     let guarded = body.into_data_stream().take_until(lost);
     Response::from_parts(parts, Body::from_stream(guarded))
+}
+
+fn peer(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// An `auth.rejected` security event, written without holding up the refusal.
+fn record_refusal(gw: &Gateway, req: &Request, vs: &str, why: &AuthFailure) {
+    let header = |name: http::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let actor = portcullis_audit::Actor {
+        kind: "anonymous".into(),
+        ip: peer(req).map(|ip| ip.to_string()),
+        user_agent: header(http::header::USER_AGENT),
+        ..Default::default()
+    };
+    let event = portcullis_audit::AuditEvent::security(
+        "auth.rejected",
+        Some(actor),
+        json!({
+            "reason": why.to_string(),
+            "status": if why.is_forbidden() { 403 } else { 401 },
+            "path": req.uri().path(),
+        }),
+    )
+    .with_target(portcullis_audit::Target {
+        virtual_server: Some(vs.to_owned()),
+        ..Default::default()
+    });
+    gw.auditor.record_detached(event);
 }
 
 /// Resolves when the principal no longer may use `vs` (token revoked, user
