@@ -93,20 +93,81 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The `audit:` section of the generated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audit {
+    /// `{enabled: false}`: nothing recorded.
+    Off,
+    /// `{}`: the gateway's default, one fsync per group commit (`sync: full`).
+    Full,
+    /// `{sync: normal}`: no fsync per group (survives a crash of the process only).
+    Normal,
+}
+
+impl Audit {
+    pub const ALL: [Audit; 3] = [Audit::Off, Audit::Full, Audit::Normal];
+
+    fn yaml(self) -> &'static str {
+        match self {
+            Audit::Off => "{enabled: false}",
+            Audit::Full => "{}",
+            Audit::Normal => "{sync: normal}",
+        }
+    }
+
+    /// How reports name it (`on` is the default, fsync per group).
+    pub fn name(self) -> &'static str {
+        match self {
+            Audit::Off => "off",
+            Audit::Full => "on",
+            Audit::Normal => "normal",
+        }
+    }
+}
+
+/// How a spawned gateway is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// `auth: {mode: required}` (else `off`).
+    pub auth: bool,
+    pub audit: Audit,
+}
+
+impl Mode {
+    /// `auth off, audit on`: for labels and directory names.
+    pub fn label(self) -> String {
+        format!(
+            "auth {}, audit {}",
+            if self.auth { "on" } else { "off" },
+            self.audit.name()
+        )
+    }
+
+    pub fn dir_name(self) -> String {
+        format!(
+            "auth-{}-audit-{}",
+            if self.auth { "on" } else { "off" },
+            self.audit.name()
+        )
+    }
+}
+
 /// Writes `<dir>/bench.yaml` (data in `<dir>/data`): one upstream, one virtual
-/// server `bench`, authentication required or off.
-pub fn write_config(dir: &Path, port: u16, upstream: SocketAddr, auth: bool) -> Result<PathBuf> {
+/// server `bench`, authentication required or off, the audit section of `mode`.
+pub fn write_config(dir: &Path, port: u16, upstream: SocketAddr, mode: Mode) -> Result<PathBuf> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let config = format!(
         "listen: 127.0.0.1:{port}\n\
          data_dir: {data}\n\
-         auth: {{mode: {mode}}}\n\
+         auth: {{mode: {auth}}}\n\
+         audit: {audit}\n\
          upstreams:\n  - name: fast\n    transport: streamable_http\n    url: http://{upstream}/mcp\n\
          virtual_servers:\n  - name: bench\n    upstreams: [{{upstream: fast, prefix: \"\"}}]\n",
         data = data_dir.display(),
-        mode = if auth { "required" } else { "off" },
+        auth = if mode.auth { "required" } else { "off" },
+        audit = mode.audit.yaml(),
     );
     let path = dir.join("bench.yaml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -122,7 +183,7 @@ pub struct Started {
     pub cli: Option<Cli>,
 }
 
-/// Writes a config in `dir` and starts a gateway on it. With `auth`, the
+/// Writes a config in `dir` and starts a gateway on it. With `mode.auth`, the
 /// config requires tokens and, before the gateway starts, the CLI creates the
 /// user `bench` and a personal access token for `vs:bench` in its store.
 /// Must be called from the main thread (see [`Gateway::spawn`]).
@@ -131,15 +192,15 @@ pub fn start(
     bin: &Path,
     dir: &Path,
     upstream: SocketAddr,
-    auth: bool,
+    mode: Mode,
     cores: Option<Cores>,
 ) -> Result<Started> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port = free_port()?;
-    let config = write_config(dir, port, upstream, auth)?;
+    let config = write_config(dir, port, upstream, mode)?;
     let mut token = None;
     let mut cli = None;
-    if auth {
+    if mode.auth {
         crate::authcli::require_token_commands(bin)?;
         let c = Cli::new(bin, &config);
         c.create_admin(BENCH_USER)?;
@@ -252,8 +313,8 @@ impl Gateway {
         let bad: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
-            // Expected with `auth: {mode: off}`.
-            .filter(|l| !l.contains("authentication is OFF"))
+            // Expected with `auth: {mode: off}` and `audit: {enabled: false}`.
+            .filter(|l| !l.contains("authentication is OFF") && !l.contains(AUDIT_OFF_WARNING))
             .collect();
         (
             bad.len(),
@@ -263,8 +324,15 @@ impl Gateway {
 
     /// SIGTERM, up to 3 s of grace, then SIGKILL.
     pub fn stop(&mut self) {
+        self.shutdown(Duration::from_secs(3));
+    }
+
+    /// SIGTERM, up to `grace` for a clean shutdown, then SIGKILL. True when the
+    /// gateway exited on its own (within `grace`, or before it was asked to):
+    /// only then has it written its closing log lines (see [`Gateway::audit_batches`]).
+    pub fn shutdown(&mut self, grace: Duration) -> bool {
         if self.exited().is_some() {
-            return;
+            return true;
         }
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: plain syscall on our own child's pid.
@@ -272,16 +340,159 @@ impl Gateway {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if self.exited().is_some() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
+
+    /// The group-commit statistics the gateway logged when it closed its audit
+    /// log (after a clean [`Gateway::shutdown`]).
+    pub fn audit_batches(&self) -> Result<BatchStats> {
+        let text = std::fs::read_to_string(&self.log_path)
+            .with_context(|| format!("reading {}", self.log_path.display()))?;
+        BatchStats::from_log(&text)
+            .with_context(|| format!("in the gateway log {}", self.log_path.display()))
+    }
+}
+
+/// What the gateway logs at start with `audit: {enabled: false}` (a WARN line
+/// that is expected in the benchmark).
+const AUDIT_OFF_WARNING: &str = "audit log is OFF";
+
+/// The message of the line the audit writer logs at a clean shutdown, under
+/// target `portcullis::audit`, with the field `batches={…}` (JSON).
+const AUDIT_CLOSED: &str = "audit log closed";
+
+/// Group-commit sizes of one gateway over its whole life, from its log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub records: u64,
+    pub mean: f64,
+    pub largest: u64,
+    /// `("<=1", n), ("<=2", n), …, (">256", n)`, smallest bucket first.
+    pub histogram: Vec<(String, u64)>,
+}
+
+impl BatchStats {
+    /// Parses the last `audit log closed … batches={…}` line of a gateway log
+    /// (ANSI colour codes allowed). An error, never a panic, when the line is
+    /// missing (audit off, or the gateway was killed) or malformed.
+    pub fn from_log(log: &str) -> Result<BatchStats> {
+        let line = log
+            .lines()
+            .rev()
+            .map(strip_ansi)
+            .find(|l| l.contains(AUDIT_CLOSED))
+            .with_context(|| {
+                format!(
+                    "no \"{AUDIT_CLOSED}\" line (audit off, or the gateway did not shut down cleanly)"
+                )
+            })?;
+        let at = line
+            .find("batches=")
+            .with_context(|| format!("no batches= field in {line:?}"))?;
+        let json = &line[at + "batches=".len()..];
+        let value: serde_json::Value = serde_json::Deserializer::from_str(json)
+            .into_iter()
+            .next()
+            .context("nothing after batches=")?
+            .with_context(|| format!("batches= is not JSON in {line:?}"))?;
+        let count = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .with_context(|| format!("batches.{key} is missing or not a count"))
+        };
+        let mut histogram = value
+            .get("histogram")
+            .and_then(serde_json::Value::as_object)
+            .context("batches.histogram is missing")?
+            .iter()
+            .map(|(k, v)| {
+                let n = v
+                    .as_u64()
+                    .with_context(|| format!("histogram bucket {k} is not a count"))?;
+                Ok((k.clone(), n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        histogram.sort_by(|a, b| bucket_bound(&a.0).total_cmp(&bucket_bound(&b.0)));
+        Ok(BatchStats {
+            batches: count("batches")?,
+            records: count("records")?,
+            mean: value
+                .get("mean")
+                .and_then(serde_json::Value::as_f64)
+                .context("batches.mean is missing")?,
+            largest: count("largest")?,
+            histogram,
+        })
+    }
+
+    /// `<=1: 5012, <=2: 40, …` (empty buckets left out).
+    pub fn histogram_text(&self) -> String {
+        let parts: Vec<String> = self
+            .histogram
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        if parts.is_empty() {
+            "(no batches)".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let hist: serde_json::Map<String, serde_json::Value> = self
+            .histogram
+            .iter()
+            .map(|(k, n)| (k.clone(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "batches": self.batches, "records": self.records, "mean": self.mean,
+            "largest": self.largest, "histogram": hist,
+        })
+    }
+}
+
+/// Orders `<=N` buckets by N, and `>N` just after N.
+fn bucket_bound(label: &str) -> f64 {
+    let num = |s: &str| s.trim().parse::<f64>().unwrap_or(f64::INFINITY);
+    match (label.strip_prefix("<="), label.strip_prefix('>')) {
+        (Some(n), _) => num(n),
+        (None, Some(n)) => num(n) + 0.5,
+        _ => f64::INFINITY,
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ … letter`), which tracing writes
+/// around field names.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Gateway {
@@ -296,4 +507,91 @@ async fn health_once(addr: SocketAddr) -> Result<StatusCode> {
         .send(Method::GET, "/healthz", &[], Bytes::new())
         .await?;
     Ok(resp.status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real closing line of a gateway's log (tracing's default format, with
+    /// its ANSI colours), from `--audit compare` with 8 connections.
+    const CLOSED: &str = "\u{1b}[2m2026-11-24T14:11:28.279994Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+        \u{1b}[2mportcullis::audit\u{1b}[0m\u{1b}[2m:\u{1b}[0m audit log closed \
+        \u{1b}[3mbatches\u{1b}[0m\u{1b}[2m=\u{1b}[0m{\"batches\":1254,\"records\":3031,\
+        \"mean\":2.417065390749601,\"largest\":7,\"histogram\":{\"<=1\":725,\"<=2\":106,\
+        \"<=4\":202,\"<=8\":221,\"<=16\":0,\"<=64\":0,\"<=256\":0,\">256\":0}}";
+
+    #[test]
+    fn batch_stats_are_parsed_from_the_closing_line() {
+        let log = format!(
+            "\u{1b}[32m INFO\u{1b}[0m portcullis: listening on 127.0.0.1:9\n{CLOSED}\n\
+             2026-11-24T14:20:01.6Z  INFO portcullis: stopped\n"
+        );
+        let s = BatchStats::from_log(&log).expect("parsed");
+        assert_eq!((s.batches, s.records, s.largest), (1254, 3031, 7));
+        assert!((s.mean - 2.417065390749601).abs() < 1e-12);
+        let labels: Vec<&str> = s.histogram.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["<=1", "<=2", "<=4", "<=8", "<=16", "<=64", "<=256", ">256"]
+        );
+        let counts: Vec<u64> = s.histogram.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [725, 106, 202, 221, 0, 0, 0, 0]);
+        assert_eq!(s.histogram_text(), "<=1: 725, <=2: 106, <=4: 202, <=8: 221");
+        assert_eq!(s.to_json()["histogram"]["<=8"], 221);
+        // Buckets in another order (a JSON map without preserved order).
+        let shuffled = CLOSED.replace("\"<=1\":725,\"<=2\":106,", "\"<=2\":106,\"<=1\":725,");
+        assert_eq!(BatchStats::from_log(&shuffled).expect("shuffled"), s);
+        // Without colours, as when the log goes through a filter.
+        let plain = strip_ansi(CLOSED);
+        assert!(plain.contains("audit log closed batches={"));
+        assert_eq!(BatchStats::from_log(&plain).expect("plain"), s);
+    }
+
+    #[test]
+    fn a_missing_or_broken_line_is_an_error_not_a_panic() {
+        let e = BatchStats::from_log("INFO portcullis: listening\nINFO portcullis: stopped\n")
+            .expect_err("no line");
+        assert!(
+            format!("{e:#}").contains("no \"audit log closed\" line"),
+            "{e:#}"
+        );
+        assert!(BatchStats::from_log("").is_err());
+        for broken in [
+            "INFO portcullis::audit: audit log closed",
+            "INFO portcullis::audit: audit log closed batches=",
+            "INFO portcullis::audit: audit log closed batches={\"batches\":3",
+            "INFO portcullis::audit: audit log closed batches={\"batches\":3}",
+            "INFO portcullis::audit: audit log closed batches=null",
+        ] {
+            assert!(BatchStats::from_log(broken).is_err(), "{broken}");
+        }
+    }
+
+    #[test]
+    fn config_carries_the_audit_section() {
+        let dir = std::env::temp_dir().join(format!("pc-bench-cfg-{}", std::process::id()));
+        let up: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        for (audit, yaml) in [
+            (Audit::Off, "audit: {enabled: false}\n"),
+            (Audit::Full, "audit: {}\n"),
+            (Audit::Normal, "audit: {sync: normal}\n"),
+        ] {
+            let mode = Mode { auth: false, audit };
+            let path = write_config(&dir, 1, up, mode).expect("written");
+            let text = std::fs::read_to_string(path).expect("read");
+            assert!(text.contains(yaml), "{text}");
+            assert!(text.contains("auth: {mode: off}"), "{text}");
+            let cfg = portcullis_config::Config::from_yaml(&text, "bench.yaml")
+                .expect("the gateway's config model accepts it");
+            assert_eq!(cfg.audit.enabled, audit != Audit::Off);
+            let sync = if audit == Audit::Normal {
+                portcullis_config::AuditSync::Normal
+            } else {
+                portcullis_config::AuditSync::Full
+            };
+            assert_eq!(cfg.audit.sync, sync);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,9 +3,11 @@
 //!
 //! See docs/performance.md for what each figure means.
 
+mod auditreport;
 mod authcli;
 mod authreport;
 mod client;
+mod compare;
 mod gateway;
 mod load;
 mod micro;
@@ -44,6 +46,31 @@ enum AuthArg {
     On,
     /// Two gateways, off and on, measured back to back (see --rounds).
     Compare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuditArg {
+    /// `audit: {enabled: false}`.
+    Off,
+    /// `audit: {}`: the gateway's default, one fsync per group commit.
+    On,
+    /// `audit: {sync: normal}`: no fsync per group commit.
+    Normal,
+    /// Three gateways, off, on and normal, measured back to back (see --rounds).
+    Compare,
+}
+
+impl AuditArg {
+    /// The audit section(s) of the spawned gateways.
+    fn modes(self) -> &'static [gateway::Audit] {
+        use gateway::Audit;
+        match self {
+            AuditArg::Off => &[Audit::Off],
+            AuditArg::On => &[Audit::Full],
+            AuditArg::Normal => &[Audit::Normal],
+            AuditArg::Compare => &Audit::ALL,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +137,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = AuthArg::Off,
           conflicts_with_all = ["gateway_url", "direct_only"])]
     auth: AuthArg,
-    /// With --auth compare: rounds of (off, on) per era, order alternating.
+    /// Durable audit on the spawned gateway: off, on (the default: fsync per
+    /// group commit), normal (`sync: normal`), or compare (all three, back to back).
+    #[arg(long, value_enum, default_value_t = AuditArg::On,
+          conflicts_with_all = ["gateway_url", "direct_only"])]
+    audit: AuditArg,
+    /// With --auth compare or --audit compare: rounds per era, the order of the
+    /// gateways alternating (A, B, … then …, B, A).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Pin the bench (load generator + upstream) to core 0 and spawned gateways
@@ -229,18 +262,23 @@ fn validate(args: &Args) -> Result<()> {
     if !(1..=20).contains(&args.rounds) {
         bail!("--rounds must be in [1, 20]");
     }
-    if args.rounds > 1 && args.auth != AuthArg::Compare {
-        bail!("--rounds needs --auth compare");
+    let comparing = args.auth == AuthArg::Compare || args.audit == AuditArg::Compare;
+    if args.rounds > 1 && !comparing {
+        bail!("--rounds needs --auth compare or --audit compare");
+    }
+    if args.auth == AuthArg::Compare && args.audit == AuditArg::Compare {
+        bail!("--auth compare and --audit compare cannot be combined: compare one at a time");
     }
     Ok(())
 }
 
-/// A gateway being measured: where, which process, with or without auth.
+/// A gateway being measured: where, which process, how it is configured.
 struct UnderTest {
     endpoint: Endpoint,
     pid: Option<u32>,
     label: String,
-    auth: bool,
+    /// `auth off, audit on` (spawned gateways) or `external`.
+    mode: String,
 }
 
 fn run(args: Args) -> Result<ExitCode> {
@@ -289,7 +327,7 @@ fn run(args: Args) -> Result<ExitCode> {
 
     // Declared before the gateways so that the gateways are stopped first.
     let mut tmp: Option<TmpDir> = None;
-    let mut gateways: Vec<Gateway> = Vec::new();
+    let mut gateways: Vec<(gateway::Mode, Gateway)> = Vec::new();
     let mut under_test: Vec<UnderTest> = Vec::new();
     if let Some(url) = &args.gateway_url {
         let mut ep = parse_gateway_url(url)?;
@@ -300,31 +338,31 @@ fn run(args: Args) -> Result<ExitCode> {
             label: format!("external {ep}"),
             endpoint: ep,
             pid: args.gateway_pid,
-            auth: args.token.is_some(),
+            mode: "external".into(),
         });
     } else if !args.direct_only {
         let bin = gateway::locate_binary(args.gateway_bin.as_deref())?;
         let dir = tmp.insert(TmpDir::create(args.keep_tmp)?);
-        let modes: &[bool] = match args.auth {
+        let auths: &[bool] = match args.auth {
             AuthArg::Off => &[false],
             AuthArg::On => &[true],
             AuthArg::Compare => &[false, true],
         };
-        for &auth in modes {
-            let sub = dir.path.join(if auth { "auth-on" } else { "auth-off" });
-            let started = gateway::start(&rt, &bin, &sub, upstream.addr, auth, gateway_cores)?;
-            let pid = started.gateway.pid();
-            under_test.push(UnderTest {
-                label: format!(
-                    "{} (pid {pid}, auth {})",
-                    bin.display(),
-                    if auth { "on" } else { "off" }
-                ),
-                endpoint: started.endpoint,
-                pid: Some(pid),
-                auth,
-            });
-            gateways.push(started.gateway);
+        // At most one of the two lists has more than one entry (see validate).
+        for &auth in auths {
+            for &audit in args.audit.modes() {
+                let mode = gateway::Mode { auth, audit };
+                let sub = dir.path.join(mode.dir_name());
+                let started = gateway::start(&rt, &bin, &sub, upstream.addr, mode, gateway_cores)?;
+                let pid = started.gateway.pid();
+                under_test.push(UnderTest {
+                    label: format!("{} (pid {pid}, {})", bin.display(), mode.label()),
+                    endpoint: started.endpoint,
+                    pid: Some(pid),
+                    mode: mode.label(),
+                });
+                gateways.push((mode, started.gateway));
+            }
         }
     }
     let direct_ep = Endpoint::new(upstream.addr, "/mcp");
@@ -358,6 +396,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let bench_cpu_start = stats::self_cpu()?;
     let mut reports = Vec::new();
     let mut auth_reports = Vec::new();
+    let mut audit_reports = Vec::new();
     for &era in eras {
         let measure = |endpoint: &Endpoint, pid: Option<u32>, label: &str| -> report::Outcome {
             eprintln!("  running {} / {label} ...", era.name());
@@ -385,55 +424,54 @@ fn run(args: Args) -> Result<ExitCode> {
         let gw = match under_test.as_slice() {
             [] => None,
             [one] => Some(measure(&one.endpoint, one.pid, "gateway")),
-            [off, on, ..] => {
-                let target = |u: &UnderTest| load::Target {
-                    endpoint: u.endpoint.clone(),
-                    era,
-                    timeout,
-                    gateway_pid: u.pid,
+            many => {
+                let n = many.len();
+                let measure_k = |k: usize, i: usize| {
+                    let u = &many[k];
+                    let label = format!("gateway, {}, round {}", u.mode, i + 1);
+                    measure(&u.endpoint, u.pid, &label)
                 };
-                let mut rounds = Vec::new();
-                for i in 0..args.rounds {
-                    let on_first = i % 2 == 1;
-                    let m = |u: &UnderTest| {
-                        let label = format!("gateway, auth {}, round {}", on_off(u.auth), i + 1);
-                        measure(&u.endpoint, u.pid, &label)
+                if args.auth == AuthArg::Compare {
+                    let target = |u: &UnderTest| load::Target {
+                        endpoint: u.endpoint.clone(),
+                        era,
+                        timeout,
+                        gateway_pid: u.pid,
                     };
-                    let (off_run, on_run) = if on_first {
-                        let b = m(on);
-                        (m(off), b)
-                    } else {
-                        let a = m(off);
-                        (a, m(on))
-                    };
-                    eprintln!(
-                        "  running {} / interleaved, auth off and on, round {} ...",
-                        era.name(),
-                        i + 1
-                    );
-                    let (first, second) = if on_first { (on, off) } else { (off, on) };
-                    let interleaved = rt
-                        .block_on(load::interleaved(
-                            &target(first),
-                            &target(second),
+                    // The interleaved phase: one connection to each gateway,
+                    // the first measured first.
+                    let interleaved = |order: &[usize], i: usize| {
+                        eprintln!(
+                            "  running {} / interleaved, auth off and on, round {} ...",
+                            era.name(),
+                            i + 1
+                        );
+                        let (first, second) = (order[0], order[1]);
+                        rt.block_on(load::interleaved(
+                            &target(&many[first]),
+                            &target(&many[second]),
                             args.warmup,
                             args.calls,
                         ))
-                        .map(|([a, b], errors)| {
-                            let (off, on) = if on_first { (b, a) } else { (a, b) };
+                        .map(|(phases, errors)| {
+                            let [a, b] = phases;
+                            let (off, on) = if first == 0 { (a, b) } else { (b, a) };
                             authreport::Interleaved { off, on, errors }
                         })
-                        .map_err(|e| format!("{e:#}"));
-                    rounds.push(authreport::Round {
-                        on_first,
-                        off: off_run,
-                        on: on_run,
-                        interleaved,
-                    });
+                        .map_err(|e| format!("{e:#}"))
+                    };
+                    let rounds = compare::run_rounds(n, args.rounds, measure_k, interleaved);
+                    let c = compare::Comparison::new(era, "auth", &authreport::NAMES, rounds);
+                    let base = c.first_base();
+                    auth_reports.push(c);
+                    Some(base)
+                } else {
+                    let rounds = compare::run_rounds(n, args.rounds, measure_k, |_, _| ());
+                    let c = compare::Comparison::new(era, "audit", &auditreport::NAMES, rounds);
+                    let base = c.first_base();
+                    audit_reports.push(c);
+                    Some(base)
                 }
-                let first_off = rounds[0].off.clone();
-                auth_reports.push(authreport::AuthReport { era, rounds });
-                Some(first_off)
             }
         };
         let r = EraReport {
@@ -445,6 +483,9 @@ fn run(args: Args) -> Result<ExitCode> {
         if let Some(a) = auth_reports.last().filter(|a| a.era == era) {
             print!("{}", authreport::render(a, args.connections));
         }
+        if let Some(a) = audit_reports.last().filter(|a| a.era == era) {
+            print!("{}", auditreport::render(a, args.connections));
+        }
         reports.push(r);
     }
     let bench_cpu = stats::self_cpu()?.since(bench_cpu_start);
@@ -454,9 +495,11 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     let mut failed = reports.iter().any(|r| r.error_count() > 0)
-        || auth_reports.iter().any(|r| r.error_count() > 0);
+        || auth_reports.iter().any(|r| r.error_count() > 0)
+        || audit_reports.iter().any(|r| r.error_count() > 0);
     let mut gateway_notes = Vec::new();
-    for gw in gateways.iter_mut() {
+    let mut batches = Vec::new();
+    for (mode, gw) in gateways.iter_mut() {
         if let Some(status) = gw.exited() {
             failed = true;
             let note = format!("the gateway exited during the run ({status})");
@@ -471,16 +514,36 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             gateway_notes.extend(samples);
         }
-        gw.stop();
+        // A clean stop (its own shutdown deadline is 10 s) writes the audit
+        // log's closing line, with the group-commit sizes.
+        let clean = gw.shutdown(SHUTDOWN_GRACE);
+        if mode.audit != gateway::Audit::Off {
+            let stats = if clean {
+                gw.audit_batches().map_err(|e| format!("{e:#}"))
+            } else {
+                Err(format!(
+                    "the gateway did not stop within {SHUTDOWN_GRACE:?} of SIGTERM and was killed"
+                ))
+            };
+            batches.push(auditreport::Batches {
+                label: mode.label(),
+                audit: mode.audit,
+                stats,
+            });
+        }
     }
+    print!("{}", auditreport::render_batches(&batches));
 
     if let Some(path) = &args.json {
         let run = RunInfo {
             gw_label: &gw_label,
             bench_cpu,
             gateway_notes: &gateway_notes,
+            auth: &auth_reports,
+            audit: &audit_reports,
+            batches: &batches,
         };
-        write_json(path, &args, &reports, &auth_reports, &run)?;
+        write_json(path, &args, &reports, &run)?;
     }
     drop(gateways);
     drop(tmp);
@@ -491,27 +554,19 @@ fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn on_off(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
-}
+/// How long a gateway may take to stop after SIGTERM before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 struct RunInfo<'a> {
     gw_label: &'a str,
     bench_cpu: Duration,
     gateway_notes: &'a [String],
+    auth: &'a [authreport::AuthReport],
+    audit: &'a [auditreport::AuditReport],
+    batches: &'a [auditreport::Batches],
 }
 
-fn write_json(
-    path: &Path,
-    args: &Args,
-    reports: &[EraReport],
-    auth_reports: &[authreport::AuthReport],
-    run: &RunInfo,
-) -> Result<()> {
+fn write_json(path: &Path, args: &Args, reports: &[EraReport], run: &RunInfo) -> Result<()> {
     let doc = json!({
         "date": utc_date(),
         "commit": git_commit(),
@@ -520,7 +575,8 @@ fn write_json(
         "settings": {
             "warmup": args.warmup, "calls": args.calls,
             "connections": args.connections, "seconds": args.seconds,
-            "auth": format!("{:?}", args.auth).to_lowercase(), "rounds": args.rounds,
+            "auth": format!("{:?}", args.auth).to_lowercase(),
+            "audit": format!("{:?}", args.audit).to_lowercase(), "rounds": args.rounds,
             "pin": args.pin,
             "gateway_worker_threads_env": std::env::var("PORTCULLIS_WORKER_THREADS").ok(),
         },
@@ -530,9 +586,12 @@ fn write_json(
             "added_p99_us_max": report::TARGET_ADDED_P99_US,
             "auth_added_p99_us_max": authreport::TARGET_AUTH_ADDED_P99_US,
             "auth_throughput_ratio_min": authreport::TARGET_AUTH_THROUGHPUT_RATIO,
+            "audit_throughput_ratio_min": auditreport::TARGET_AUDIT_THROUGHPUT_RATIO,
         },
         "eras": reports.iter().map(report::era_json).collect::<Vec<_>>(),
-        "auth_comparison": auth_reports.iter().map(authreport::auth_json).collect::<Vec<_>>(),
+        "auth_comparison": run.auth.iter().map(authreport::auth_json).collect::<Vec<_>>(),
+        "audit_comparison": run.audit.iter().map(auditreport::audit_json).collect::<Vec<_>>(),
+        "audit_batches": auditreport::batches_json(run.batches),
         "bench_cpu_s": run.bench_cpu.as_secs_f64(),
         "gateway_notes": run.gateway_notes,
     });

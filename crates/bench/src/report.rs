@@ -107,9 +107,48 @@ pub fn opt(v: Option<f64>, decimals: usize, sign: &str) -> String {
 type Figure = fn(&TargetRun) -> Option<f64>;
 
 pub fn row(out: &mut String, label: &str, direct: &str, gateway: &str, extra: &str) {
-    out.push_str(&format!(
-        "  {label:<36}{direct:>12}{gateway:>12}  {extra}\n"
-    ));
+    row_cells(out, label, &[direct, gateway], 12, extra);
+}
+
+/// A table row with any number of cells, right-aligned in `width` characters.
+pub fn row_cells(
+    out: &mut String,
+    label: &str,
+    cells: &[impl AsRef<str>],
+    width: usize,
+    extra: &str,
+) {
+    out.push_str(&format!("  {label:<36}"));
+    for c in cells {
+        out.push_str(&format!("{:>width$}", c.as_ref()));
+    }
+    out.push_str(&format!("  {extra}\n"));
+}
+
+/// The WARNING line when other processes disturbed a phase.
+pub fn noise_warning(out: &mut String, noise: f64) {
+    if noise > NOISE_CORES {
+        out.push_str(&format!(
+            "  WARNING: other processes used up to {noise:.2} cores during a phase: these figures are disturbed\n"
+        ));
+    }
+}
+
+/// `" (disturbed)"` when other processes disturbed a phase.
+pub fn disturbed(noise: f64) -> &'static str {
+    if noise > NOISE_CORES {
+        " (disturbed)"
+    } else {
+        ""
+    }
+}
+
+/// The verdicts as JSON.
+pub fn verdicts_json(verdicts: &[Verdict]) -> Vec<Value> {
+    verdicts
+        .iter()
+        .map(|v| json!({"target": v.name, "limit": v.limit, "meets": v.meets, "measured": v.measured}))
+        .collect()
 }
 
 /// Renders the table of one era.
@@ -278,11 +317,7 @@ pub fn render(r: &EraReport, connections: usize) -> String {
         .flat_map(|t| [t.sequential.other_cores(), t.saturation.other_cores()])
         .flatten()
         .fold(0.0, f64::max);
-    if noisy > NOISE_CORES {
-        out.push_str(&format!(
-            "  WARNING: other processes used up to {noisy:.2} cores during a phase: these figures are disturbed\n"
-        ));
-    }
+    noise_warning(&mut out, noisy);
     if let Some(p50) = g.map(|t| t.sequential.latency.p50_us) {
         if (38_000.0..50_000.0).contains(&p50) {
             out.push_str(
@@ -366,11 +401,7 @@ pub fn outcome_json(o: &Outcome) -> Value {
 
 /// The JSON form of one era's figures.
 pub fn era_json(r: &EraReport) -> Value {
-    let verdicts: Vec<Value> = r
-        .verdicts()
-        .iter()
-        .map(|v| json!({"target": v.name, "limit": v.limit, "meets": v.meets, "measured": v.measured}))
-        .collect();
+    let verdicts = verdicts_json(&r.verdicts());
     json!({
         "era": r.era.name(),
         "protocol_version": r.era.version(),

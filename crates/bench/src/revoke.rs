@@ -114,7 +114,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .build()?;
     let tmp = TmpDir::create(args.keep_tmp)?;
     let bin = gateway::locate_binary(args.gateway_bin.as_deref())?;
-    let mut started = gateway::start(&rt, &bin, &tmp.path.join("gw"), upstream.addr, true, None)?;
+    // The gateway's default audit (on), as before the option existed.
+    let mode = gateway::Mode {
+        auth: true,
+        audit: gateway::Audit::Full,
+    };
+    let mut started = gateway::start(&rt, &bin, &tmp.path.join("gw"), upstream.addr, mode, None)?;
     let cli = started.cli.clone().context("no CLI for the gateway")?;
     let base = Endpoint::new(started.gateway.addr, "/mcp/bench");
     println!(
