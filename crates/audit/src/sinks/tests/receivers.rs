@@ -1,10 +1,13 @@
 //! Real receivers on loopback for the sink tests: an HTTP server (HEC and
 //! OTLP), a UDP syslog socket and a TCP syslog listener with octet-counted
-//! framing, each recording every byte it accepted.
+//! framing, each recording every byte it accepted; and a parser for the
+//! syslog messages they receive.
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -188,5 +191,70 @@ async fn read_frames(
     }
     if !pending.is_empty() {
         garbage.lock().unwrap().append(&mut pending);
+    }
+}
+
+/// One parsed RFC 5424 message.
+#[derive(Debug)]
+pub struct Syslog {
+    pub pri: u8,
+    pub timestamp: String,
+    pub app: String,
+    pub msgid: String,
+    pub sd_id: String,
+    pub params: BTreeMap<String, String>,
+    pub json: Value,
+}
+
+pub fn parse_syslog(msg: &[u8]) -> Syslog {
+    let bom = msg
+        .windows(3)
+        .position(|w| w == b"\xEF\xBB\xBF")
+        .expect("MSG starts with a BOM");
+    let head = std::str::from_utf8(&msg[..bom]).unwrap();
+    let json: Value = serde_json::from_slice(&msg[bom + 3..]).expect("MSG is JSON");
+    let rest = head.strip_prefix('<').unwrap();
+    let (pri, rest) = rest.split_once('>').unwrap();
+    let rest = rest.strip_prefix("1 ").expect("version 1");
+    let fields: Vec<&str> = rest.splitn(6, ' ').collect();
+    let (timestamp, _host, app, _procid, msgid, sd) = (
+        fields[0], fields[1], fields[2], fields[3], fields[4], fields[5],
+    );
+    for f in &fields[..5] {
+        assert!(!f.is_empty() && f.bytes().all(|b| (33..=126).contains(&b)));
+    }
+    // [ID name="value" …] then one space before the MSG.
+    let sd = sd.strip_prefix('[').unwrap();
+    let (sd_id, mut rest) = sd.split_once(' ').unwrap();
+    let mut params = BTreeMap::new();
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if let Some(after) = rest.strip_prefix(']') {
+            assert_eq!(after, " ", "one space between SD and MSG");
+            break;
+        }
+        let (name, after) = rest.split_once("=\"").unwrap();
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (i, c) = chars.next().unwrap();
+            match c {
+                '\\' => value.push(chars.next().unwrap().1),
+                '"' => break i,
+                ']' => panic!("unescaped ] in a PARAM-VALUE"),
+                c => value.push(c),
+            }
+        };
+        params.insert(name.to_owned(), value);
+        rest = &after[end + 1..];
+    }
+    Syslog {
+        pri: pri.parse().unwrap(),
+        timestamp: timestamp.to_owned(),
+        app: app.to_owned(),
+        msgid: msgid.to_owned(),
+        sd_id: sd_id.to_owned(),
+        params,
+        json,
     }
 }
