@@ -87,7 +87,7 @@ pub(crate) fn who(id: &str, username: &str, kind: &str) -> Value {
 }
 
 /// Hex SHA-256 of a text (policy documents are recorded by digest, not text).
-pub(crate) fn sha256(text: &str) -> String {
+pub fn sha256(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(text.as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()

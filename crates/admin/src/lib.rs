@@ -25,7 +25,7 @@ mod audit_log;
 mod scim;
 mod wire;
 
-pub use audit_log::record_policy_reloads;
+pub use audit_log::{record_policy_reloads, sha256 as sha256_hex};
 pub use wire::rfc3339;
 
 use axum::extract::FromRef;

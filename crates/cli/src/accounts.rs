@@ -4,13 +4,21 @@
 //! changes up from the identity change feed within a fraction of a second.
 //! Passwords are read from stdin or the environment and never printed; a new
 //! token is printed once, alone on stdout.
+//!
+//! Every command that changes something records it in the audit log
+//! ([`CliAudit`]), with the operator at the command line as actor. The log is
+//! opened before the change, so a log that cannot be opened changes nothing;
+//! a record that cannot be written after the change is reported and the
+//! command exits 1 (the change itself stands).
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
+use portcullis_audit::{format_time, Actor, AuditEvent, Auditor};
 use portcullis_config::Config;
 use portcullis_identity::{accounts, now};
-use portcullis_store::identity::{UserPatch, UserRow};
+use portcullis_store::identity::{ApiTokenRow, UserPatch, UserRow};
 use portcullis_store::Store;
+use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::PathBuf;
 
@@ -131,14 +139,79 @@ enum KeysCmd {
 
 async fn open(cfg: &ConfigArg) -> anyhow::Result<(Config, Store)> {
     let config = Config::load(&cfg.config)?;
-    let data_dir = config
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(".portcullis"));
+    let data_dir = data_dir(&config);
     let store = Store::open(&data_dir)
         .await
         .with_context(|| format!("opening the state store in {}", data_dir.display()))?;
     Ok((config, store))
+}
+
+fn data_dir(config: &Config) -> PathBuf {
+    config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".portcullis"))
+}
+
+/// The audit log of a command that changes something. It writes the same log
+/// as a running gateway (records chain correctly alongside it) with the
+/// operator as actor (`admin_cli`).
+pub(crate) struct CliAudit {
+    auditor: Auditor,
+    failed: bool,
+}
+
+impl CliAudit {
+    /// Open the log the configuration names (a disabled one records nothing).
+    pub(crate) async fn open(config: &Config) -> anyhow::Result<CliAudit> {
+        let auditor = Auditor::open(&config.audit, &data_dir(config))
+            .await
+            .context("opening the audit log (nothing was changed)")?;
+        Ok(CliAudit {
+            auditor,
+            failed: false,
+        })
+    }
+
+    /// Record a change the command made; a failure is reported, remembered
+    /// for [`CliAudit::close`], and does not undo the change.
+    pub(crate) async fn record(&mut self, event_type: &str, mut detail: Value) {
+        if let Value::Object(m) = &mut detail {
+            m.insert("via".into(), json!("cli"));
+        }
+        let event = AuditEvent::security(event_type, Some(Actor::cli()), detail);
+        if let Err(e) = self.auditor.record(event).await {
+            eprintln!("error: the change was made but could not be recorded in the audit log: {e}");
+            self.failed = true;
+        }
+    }
+
+    /// Seal and close the log; an error if a record was lost.
+    pub(crate) async fn close(self) -> anyhow::Result<()> {
+        self.auditor.close().await;
+        if self.failed {
+            bail!("an audit record could not be written (see above)");
+        }
+        Ok(())
+    }
+}
+
+/// A user as a record's detail names them.
+fn who(u: &UserRow) -> Value {
+    json!({"id": u.id, "username": u.username, "kind": u.kind})
+}
+
+/// An API token as its records name it: id and metadata, never the secret.
+fn token_detail(t: &ApiTokenRow, user: &UserRow) -> Value {
+    let scopes: Vec<String> = serde_json::from_str(&t.scopes).unwrap_or_default();
+    json!({
+        "credential": if user.kind == "service" { "service_account_token" } else { "api_token" },
+        "token_id": t.id,
+        "name": t.name,
+        "user": who(user),
+        "scopes": scopes,
+        "expires_at": t.expires_at.map(|e| format_time(e.saturating_mul(1_000_000))),
+    })
 }
 
 async fn user_named(store: &Store, username: &str) -> anyhow::Result<UserRow> {
@@ -173,20 +246,37 @@ pub async fn admin(a: AdminArgs) -> anyhow::Result<()> {
         password_stdin,
     } = a.cmd;
     let password = read_password(password_stdin)?;
-    let (_, store) = open(&a.cfg).await?;
+    let (config, store) = open(&a.cfg).await?;
+    let mut audit = CliAudit::open(&config).await?;
     let existed = store.user_by_username(&username).await?.is_some();
     let user = accounts::upsert_local_user(&store, &username, &password, true).await?;
+    drop(password);
     let verb = if existed { "reset" } else { "created" };
+    let operation = if existed {
+        "admin.reset"
+    } else {
+        "admin.created"
+    };
+    audit
+        .record(
+            "account.changed",
+            json!({"operation": operation, "user": who(&user), "is_admin": true}),
+        )
+        .await;
     println!(
         "{verb} local administrator {:?} (id {})",
         user.username, user.id
     );
     store.close().await;
-    Ok(())
+    audit.close().await
 }
 
 pub async fn user(a: UserArgs) -> anyhow::Result<()> {
-    let (_, store) = open(&a.cfg).await?;
+    let (config, store) = open(&a.cfg).await?;
+    let mut audit = match a.cmd {
+        UserCmd::List => None,
+        _ => Some(CliAudit::open(&config).await?),
+    };
     match a.cmd {
         UserCmd::List => {
             let users = store.users(None).await?;
@@ -209,16 +299,29 @@ pub async fn user(a: UserArgs) -> anyhow::Result<()> {
         UserCmd::Disable { username } => {
             let u = user_named(&store, &username).await?;
             set_active(&store, &u, false).await?;
+            if let Some(audit) = &mut audit {
+                let detail = json!({"operation": "user.disabled", "user": who(&u),
+                                    "changed": {"active": false}});
+                audit.record("account.changed", detail).await;
+            }
             println!("disabled {username:?}: its tokens and grants are revoked");
         }
         UserCmd::Enable { username } => {
             let u = user_named(&store, &username).await?;
             set_active(&store, &u, true).await?;
+            if let Some(audit) = &mut audit {
+                let detail = json!({"operation": "user.enabled", "user": who(&u),
+                                    "changed": {"active": true}});
+                audit.record("account.changed", detail).await;
+            }
             println!("enabled {username:?} (revoked tokens stay revoked)");
         }
     }
     store.close().await;
-    Ok(())
+    match audit {
+        Some(a) => a.close().await,
+        None => Ok(()),
+    }
 }
 
 async fn set_active(store: &Store, u: &UserRow, active: bool) -> anyhow::Result<()> {
@@ -231,8 +334,9 @@ async fn set_active(store: &Store, u: &UserRow, active: bool) -> anyhow::Result<
 }
 
 pub async fn service_account(a: ServiceAccountArgs) -> anyhow::Result<()> {
-    let (_, store) = open(&a.cfg).await?;
+    let (config, store) = open(&a.cfg).await?;
     let ServiceAccountCmd::Create { name, owner } = a.cmd;
+    let mut audit = CliAudit::open(&config).await?;
     let owner_id = match owner {
         None => None,
         Some(o) => {
@@ -244,10 +348,13 @@ pub async fn service_account(a: ServiceAccountArgs) -> anyhow::Result<()> {
         }
     };
     let sa = accounts::create_service_account(&store, &name, owner_id.as_deref()).await?;
+    let detail = json!({"operation": "service_account.created", "user": who(&sa),
+                        "owner_id": sa.owner_id});
+    audit.record("account.changed", detail).await;
     println!("created service account {:?} (id {})", sa.username, sa.id);
     eprintln!("issue it a token with: portcullis token create --user {} --name <name> --scope vs:<virtual server>", sa.username);
     store.close().await;
-    Ok(())
+    audit.close().await
 }
 
 fn expiry(e: Option<i64>) -> String {
@@ -257,6 +364,10 @@ fn expiry(e: Option<i64>) -> String {
 
 pub async fn token(a: TokenArgs) -> anyhow::Result<()> {
     let (config, store) = open(&a.cfg).await?;
+    let mut audit = match a.cmd {
+        TokenCmd::List { .. } => None,
+        _ => Some(CliAudit::open(&config).await?),
+    };
     match a.cmd {
         TokenCmd::Create {
             user,
@@ -285,6 +396,9 @@ pub async fn token(a: TokenArgs) -> anyhow::Result<()> {
                 config.auth.max_api_token_ttl_days,
             )
             .await?;
+            if let Some(audit) = &mut audit {
+                audit.record("token.issued", token_detail(&row, &u)).await;
+            }
             println!("{secret}");
             eprintln!(
                 "token {} {:?} for {:?}, scopes {}, expires {} (shown once: store it now)",
@@ -339,19 +453,38 @@ pub async fn token(a: TokenArgs) -> anyhow::Result<()> {
                 println!("token {id} was already revoked");
             } else {
                 store.revoke_api_token(&id).await?;
+                if let Some(audit) = &mut audit {
+                    let mut detail = match store.user(&t.user_id).await? {
+                        Some(u) => token_detail(&t, &u),
+                        None => json!({"credential": "api_token", "token_id": t.id,
+                                       "name": t.name, "user": {"id": t.user_id}}),
+                    };
+                    detail["reason"] = json!("revoked_by_operator");
+                    audit.record("token.revoked", detail).await;
+                }
                 println!("revoked token {id} {:?}", t.name);
             }
         }
     }
     store.close().await;
-    Ok(())
+    match audit {
+        Some(a) => a.close().await,
+        None => Ok(()),
+    }
 }
 
 pub async fn keys(a: KeysArgs) -> anyhow::Result<()> {
-    let (_, store) = open(&a.cfg).await?;
+    let (config, store) = open(&a.cfg).await?;
     let KeysCmd::Rotate = a.cmd;
+    let mut audit = CliAudit::open(&config).await?;
     let kid = accounts::rotate_signing_key(&store).await?;
+    audit
+        .record(
+            "keys.rotated",
+            json!({"operation": "keys.rotated", "kid": kid}),
+        )
+        .await;
     println!("signing with new key {kid}; the previous key keeps verifying for a day");
     store.close().await;
-    Ok(())
+    audit.close().await
 }

@@ -5,6 +5,7 @@
 //! built-in allow-all when there is neither. `check` and `test` exit 1 on
 //! invalid policies or failing cases, so CI can gate policy changes on them.
 
+use crate::accounts::CliAudit;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use portcullis_config::Config;
@@ -13,7 +14,7 @@ use portcullis_policy::{
     SourceError, Suite, SuiteReport, STORED_PREFIX,
 };
 use portcullis_store::Store;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -478,8 +479,14 @@ async fn put(loaded: &Loaded, name: &str, file: &Path) -> anyhow::Result<()> {
         .sources(Some(&store), Some((name, Some(&text))))
         .await?;
     let compiled = loaded.compile(&sources)?;
+    let mut audit = CliAudit::open(&loaded.config).await?;
     let revision = store.put_policy(name, &text, &operator()).await?;
     store.close().await;
+    let detail = json!({"operation": "put", "name": name, "origin": format!("{STORED_PREFIX}{name}"),
+                        "revision": revision, "sha256": portcullis_admin::sha256_hex(&text), "bytes": text.len(),
+                        "policies": compiled.policies().len()});
+    audit.record("policy.changed", detail).await;
+    audit.close().await?;
     println!(
         "stored {STORED_PREFIX}{name} ({} in the set, revision {revision}); running gateways apply it within policy.reload_interval_ms",
         count(compiled.policies().len(), "policy", "policies")
@@ -496,11 +503,17 @@ async fn delete(loaded: &Loaded, name: &str) -> anyhow::Result<()> {
     let sources = loaded.sources(Some(&store), Some((name, None))).await?;
     let compiled = loaded.compile(&sources)?;
     Loaded::warnings(&sources, &compiled);
+    let mut audit = CliAudit::open(&loaded.config).await?;
     let revision = store
         .delete_policy(name)
         .await?
         .ok_or_else(|| anyhow!("no stored policy document {name:?}"))?;
     store.close().await;
+    let detail = json!({"operation": "delete", "name": name,
+                        "origin": format!("{STORED_PREFIX}{name}"), "revision": revision,
+                        "policies": compiled.policies().len()});
+    audit.record("policy.changed", detail).await;
+    audit.close().await?;
     println!("deleted {STORED_PREFIX}{name} (revision {revision})");
     Ok(())
 }
