@@ -52,6 +52,8 @@ struct Inner {
     db: AuditDb,
     public_key: String,
     batch_observer: OnceLock<BatchObserver>,
+    /// Record `audit.started` / `audit.stopped` (gateways, not CLI commands).
+    announce: bool,
 }
 
 /// Group commit sizes seen so far.
@@ -105,6 +107,21 @@ impl Auditor {
     /// Open the audit log for `config`, with state under `data_dir`, and start
     /// its writer. Records `audit.started`.
     pub async fn open(config: &Audit, data_dir: &Path) -> Result<Auditor, AuditError> {
+        Auditor::open_with(config, data_dir, true).await
+    }
+
+    /// As `open`, for a short-lived command-line process: no `audit.started`
+    /// or `audit.stopped` records (the gateway's audit subsystem did not start
+    /// or stop), but the command's own records and a closing checkpoint.
+    pub async fn open_for_command(config: &Audit, data_dir: &Path) -> Result<Auditor, AuditError> {
+        Auditor::open_with(config, data_dir, false).await
+    }
+
+    async fn open_with(
+        config: &Audit,
+        data_dir: &Path,
+        announce: bool,
+    ) -> Result<Auditor, AuditError> {
         if !config.enabled {
             return Ok(Auditor::disabled());
         }
@@ -136,6 +153,7 @@ impl Auditor {
             db,
             public_key: key.public_hex(),
             batch_observer: OnceLock::new(),
+            announce,
         });
         let writer = Writer {
             inner: Arc::downgrade(&inner),
@@ -150,6 +168,9 @@ impl Auditor {
         };
         tokio::spawn(writer.run(rx));
         let auditor = Auditor { inner: Some(inner) };
+        if !announce {
+            return Ok(auditor);
+        }
         let started = AuditEvent::security(
             "audit.started",
             Some(Actor::system()),
@@ -278,20 +299,24 @@ impl Auditor {
     /// the writer.
     pub async fn close(&self) {
         let Some(inner) = &self.inner else { return };
-        let stopped = AuditEvent::security(
-            "audit.stopped",
-            Some(Actor::system()),
-            json!({"reason": "shutdown"}),
-        );
-        if let Err(e) = self.record(stopped).await {
-            tracing::error!(error = %e, "could not record audit.stopped");
+        if inner.announce {
+            let stopped = AuditEvent::security(
+                "audit.stopped",
+                Some(Actor::system()),
+                json!({"reason": "shutdown"}),
+            );
+            if let Err(e) = self.record(stopped).await {
+                tracing::error!(error = %e, "could not record audit.stopped");
+            }
         }
         let (tx, rx) = oneshot::channel();
         if inner.tx.send(Job::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
         // The bench reads this line to report group-commit sizes.
-        tracing::info!(target: "portcullis::audit", batches = %inner.stats.snapshot(), "audit log closed");
+        if inner.announce {
+            tracing::info!(target: "portcullis::audit", batches = %inner.stats.snapshot(), "audit log closed");
+        }
     }
 }
 

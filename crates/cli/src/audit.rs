@@ -160,7 +160,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             let db = AuditDb::open_existing(&path).await?;
             let rows = q.run(&db).await?;
             // Reading the audit log is itself an audited action.
-            let auditor = Auditor::open(&config.audit, &data_dir).await?;
+            let auditor = Auditor::open_for_command(&config.audit, &data_dir).await?;
             auditor
                 .record(AuditEvent::security(
                     "audit.read",
@@ -199,7 +199,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             if days == 0 {
                 bail!("retention is 0 (keep everything): pass --older-than-days N to prune");
             }
-            let auditor = Auditor::open(&config.audit, &data_dir).await?;
+            let auditor = Auditor::open_for_command(&config.audit, &data_dir).await?;
             let report = run_prune(&config, &data_dir, &auditor, days).await;
             auditor.close().await;
             let report = report?;
