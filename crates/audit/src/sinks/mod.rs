@@ -641,6 +641,15 @@ impl Runner {
         if head - cursor <= max {
             return None;
         }
+        // Records before the oldest kept one were pruned before this sink
+        // existed: they are not pending.
+        let cursor = match self.db.read_after(cursor, 1).await {
+            Ok(first) => first.first().map_or(cursor, |r| (r.seq - 1).max(cursor)),
+            Err(_) => return None,
+        };
+        if head - cursor <= max {
+            return None;
+        }
         let keep = max - (max / 10).max(1);
         let to = head - keep;
         let skipped = to - cursor;

@@ -549,6 +549,37 @@ async fn an_overflowing_backlog_is_skipped_audited_and_the_sink_resumes() {
 }
 
 #[tokio::test]
+async fn records_pruned_before_a_sink_existed_are_not_an_overflow() {
+    let dir = temp_dir("pruned");
+    let a = open(&dir).await;
+    record_calls(&a, 30, "old").await;
+    let db = a.db().unwrap().clone();
+    let report = crate::prune(&db, &a, crate::now_us() + 1, &dir.join("archive"), &[])
+        .await
+        .unwrap();
+    assert!(report.pruned >= 30);
+    let path = dir.join("new.jsonl");
+    let mut s = sink("new", SinkKind::File { path: path.clone() });
+    s.max_backlog = 5;
+    let set = SinkSet::start(&a, &[s]).unwrap();
+    let max = db.max_seq().await.unwrap();
+    wait_until("the new sink delivered what is kept", || async {
+        status_of(&set).await.cursor == max
+    })
+    .await;
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kept = all_records(&a).await;
+    assert!(kept.len() < 5 && kept.iter().all(|r| r.event_type != "audit.sink_overflow"));
+    assert_exact(&lines, &kept);
+    assert_eq!(status_of(&set).await.overflowed, 0);
+    set.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn shutdown_is_bounded_and_a_restart_resumes_from_the_stored_cursor() {
     let dir = temp_dir("restart");
     let a = open(&dir).await;
