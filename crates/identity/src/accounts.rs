@@ -8,7 +8,11 @@ use portcullis_store::identity::{new_id, ApiTokenRow, NewUser, UserRow};
 use portcullis_store::Store;
 
 /// Create the first signing key, or rotate when the current one is too old.
-pub async fn ensure_signing_key(store: &Store, rotation_days: u64) -> Result<(), IdentityError> {
+/// Returns the new key's id when it made one (for the audit log).
+pub async fn ensure_signing_key(
+    store: &Store,
+    rotation_days: u64,
+) -> Result<Option<String>, IdentityError> {
     let keys = store.signing_keys().await?;
     let active = keys
         .iter()
@@ -18,12 +22,14 @@ pub async fn ensure_signing_key(store: &Store, rotation_days: u64) -> Result<(),
         None => true,
         Some(k) => rotation_days > 0 && now() - k.created_at > rotation_days as i64 * 86_400,
     };
-    if due {
-        rotate_signing_key(store).await?;
-    }
+    let rotated = if due {
+        Some(rotate_signing_key(store).await?)
+    } else {
+        None
+    };
     // Retired keys stay published a day, longer than any access token lives.
     store.drop_retired_keys(now() - 86_400).await?;
-    Ok(())
+    Ok(rotated)
 }
 
 pub async fn rotate_signing_key(store: &Store) -> Result<String, IdentityError> {
