@@ -36,6 +36,7 @@ use crate::writer::Auditor;
 use portcullis_config::{Sink, SinkKind};
 use serde::Serialize;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -103,7 +104,7 @@ pub struct SinkStatus {
     pub running: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Progress {
     cursor: i64,
     head: i64,
@@ -120,6 +121,16 @@ struct Shared {
     kind: &'static str,
     target: String,
     progress: Mutex<Progress>,
+    running: AtomicBool,
+}
+
+/// Clears `running` when a sink's task ends, however it ends.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -134,8 +145,16 @@ impl Shared {
 /// the sinks (without the flush `shutdown` does).
 #[must_use = "dropping a SinkSet stops its sinks"]
 pub struct SinkSet {
-    sinks: Vec<(Arc<Shared>, JoinHandle<()>)>,
+    tasks: Vec<JoinHandle<()>>,
+    monitor: SinkMonitor,
     stop: watch::Sender<bool>,
+}
+
+/// A cheap, cloneable view of the sinks' progress, for the admin API and
+/// readiness checks.
+#[derive(Clone)]
+pub struct SinkMonitor {
+    sinks: Vec<Arc<Shared>>,
     db: Option<AuditDb>,
 }
 
@@ -151,19 +170,28 @@ impl SinkSet {
                 tracing::warn!("audit is disabled: the configured audit sinks receive nothing");
             }
             return Ok(SinkSet {
-                sinks: Vec::new(),
+                tasks: Vec::new(),
+                monitor: SinkMonitor {
+                    sinks: Vec::new(),
+                    db: None,
+                },
                 stop,
-                db: None,
             });
         };
-        let mut started = Vec::with_capacity(sinks.len());
+        // Build every target first, so a sink that cannot start starts none.
+        let mut targets = Vec::with_capacity(sinks.len());
         for sink in sinks {
-            let target = Target::new(sink, auditor.replica())?;
+            targets.push(Target::new(sink, auditor.replica())?);
+        }
+        let mut tasks = Vec::with_capacity(sinks.len());
+        let mut shared_all = Vec::with_capacity(sinks.len());
+        for (sink, target) in sinks.iter().zip(targets) {
             let shared = Arc::new(Shared {
                 name: sink.name.clone(),
                 kind: kind_name(&sink.kind),
                 target: target.describe(),
                 progress: Mutex::new(Progress::default()),
+                running: AtomicBool::new(true),
             });
             tracing::info!(sink = %sink.name, kind = shared.kind, target = %shared.target, "audit sink starting");
             let runner = Runner {
@@ -175,35 +203,81 @@ impl SinkSet {
                 committed: committed.clone(),
                 stop: stop.subscribe(),
             };
-            started.push((shared, tokio::spawn(runner.run())));
+            let running = Running(shared.clone());
+            tasks.push(tokio::spawn(async move {
+                let _running = running;
+                runner.run().await;
+            }));
+            shared_all.push(shared);
         }
         Ok(SinkSet {
-            sinks: started,
+            tasks,
+            monitor: SinkMonitor {
+                sinks: shared_all,
+                db: Some(db.clone()),
+            },
             stop,
-            db: Some(db.clone()),
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sinks.is_empty()
+        self.tasks.is_empty()
     }
 
     /// The sinks' names (for retention, which keeps what they have not
     /// delivered).
     pub fn names(&self) -> Vec<String> {
-        self.sinks.iter().map(|(s, _)| s.name.clone()).collect()
+        self.monitor.sinks.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// Every sink's progress; the backlog is measured against the log now.
+    /// A view of the sinks' progress that outlives borrows of the set.
+    pub fn monitor(&self) -> SinkMonitor {
+        self.monitor.clone()
+    }
+
+    /// Every sink's progress; see [`SinkMonitor::status`].
+    pub async fn status(&self) -> Vec<SinkStatus> {
+        self.monitor.status().await
+    }
+
+    /// Stop the sinks: each delivers what it still can (no more backoff
+    /// waits: the first failure ends it), for at most `grace`; tasks still
+    /// busy then are cancelled. Nothing is lost either way: undelivered
+    /// records stay behind the cursor for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for (shared, mut task) in self.monitor.sinks.iter().zip(self.tasks) {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(sink = %shared.name, "audit sink still delivering at shutdown; the rest is sent at the next start");
+            }
+        }
+    }
+}
+
+impl SinkMonitor {
+    /// Every sink's progress, the backlog measured against the log now.
     pub async fn status(&self) -> Vec<SinkStatus> {
         let head = match &self.db {
             Some(db) => db.max_seq().await.ok(),
             None => None,
         };
+        self.report(head)
+    }
+
+    /// As `status`, without touching the database: the backlog is measured
+    /// against the newest record each sink has seen (for synchronous
+    /// readiness checks).
+    pub fn status_now(&self) -> Vec<SinkStatus> {
+        self.report(None)
+    }
+
+    fn report(&self, head: Option<i64>) -> Vec<SinkStatus> {
         self.sinks
             .iter()
-            .map(|(s, task)| {
-                let p = s.progress.lock().map(|p| snapshot(&p)).unwrap_or_default();
+            .map(|s| {
+                let p = s.progress.lock().map(|p| p.clone()).unwrap_or_default();
                 let head = head.unwrap_or(p.head).max(p.head);
                 SinkStatus {
                     name: s.name.clone(),
@@ -217,38 +291,10 @@ impl SinkSet {
                     consecutive_failures: p.consecutive_failures,
                     delivered: p.delivered,
                     overflowed: p.overflowed,
-                    running: !task.is_finished(),
+                    running: s.running.load(Ordering::Relaxed),
                 }
             })
             .collect()
-    }
-
-    /// Stop the sinks: each delivers what it still can (no more backoff
-    /// waits: the first failure ends it), for at most `grace`; tasks still
-    /// busy then are cancelled. Nothing is lost either way: undelivered
-    /// records stay behind the cursor for the next start.
-    pub async fn shutdown(self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + grace;
-        for (shared, mut task) in self.sinks {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                task.abort();
-                tracing::warn!(sink = %shared.name, "audit sink still delivering at shutdown; the rest is sent at the next start");
-            }
-        }
-    }
-}
-
-fn snapshot(p: &Progress) -> Progress {
-    Progress {
-        cursor: p.cursor,
-        head: p.head,
-        last_error: p.last_error.clone(),
-        last_error_us: p.last_error_us,
-        last_success_us: p.last_success_us,
-        consecutive_failures: p.consecutive_failures,
-        delivered: p.delivered,
-        overflowed: p.overflowed,
     }
 }
 

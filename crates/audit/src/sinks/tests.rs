@@ -599,10 +599,16 @@ async fn shutdown_is_bounded_and_a_restart_resumes_from_the_stored_cursor() {
         set.status().await[0].cursor == max
     })
     .await;
+    let monitor = set.monitor();
+    assert!(monitor.status_now().iter().all(|s| s.running));
     // A dead receiver does not hold shutdown up beyond its grace.
     tokio::time::timeout(DEADLINE, set.shutdown(Duration::from_secs(1)))
         .await
         .expect("shutdown ends");
+    let after = monitor.status_now();
+    assert!(after.iter().all(|s| !s.running), "{after:?}");
+    assert_eq!(after[0].cursor, max);
+    assert!(after[1].last_error.is_some());
     assert_eq!(a.db().unwrap().cursor("dead").await.unwrap(), None);
 
     record_calls(&a, 10, "between").await;
