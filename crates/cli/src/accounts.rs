@@ -164,7 +164,7 @@ pub(crate) struct CliAudit {
 impl CliAudit {
     /// Open the log the configuration names (a disabled one records nothing).
     pub(crate) async fn open(config: &Config) -> anyhow::Result<CliAudit> {
-        let auditor = Auditor::open(&config.audit, &data_dir(config))
+        let auditor = Auditor::open_for_command(&config.audit, &data_dir(config))
             .await
             .context("opening the audit log (nothing was changed)")?;
         Ok(CliAudit {

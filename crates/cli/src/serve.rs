@@ -70,6 +70,7 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
             let rt = PolicyRuntime::open(&config, store.clone())
                 .await
                 .context("loading policies")?;
+            portcullis_admin::record_policy_reloads(&rt, &auditor);
             rt.spawn_watcher();
             Some(rt)
         }

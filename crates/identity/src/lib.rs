@@ -423,10 +423,18 @@ impl Identity {
                 // Long-running gateways rotate their signing key on schedule too.
                 if last_key_check.elapsed() >= KEY_CHECK_EVERY {
                     last_key_check = std::time::Instant::now();
-                    if let Err(e) =
-                        accounts::ensure_signing_key(&id.store, id.settings.key_rotation_days).await
+                    match accounts::ensure_signing_key(&id.store, id.settings.key_rotation_days)
+                        .await
                     {
-                        tracing::warn!(error = %e, "signing key rotation check failed");
+                        Ok(Some(kid)) => id.audit().record_detached(
+                            portcullis_audit::AuditEvent::security(
+                                "keys.rotated",
+                                Some(portcullis_audit::Actor::system()),
+                                serde_json::json!({"operation": "keys.rotated", "via": "schedule", "kid": kid}),
+                            ),
+                        ),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "signing key rotation check failed"),
                     }
                 }
                 if let Err(e) = id.refresh().await {
