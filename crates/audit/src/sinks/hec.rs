@@ -41,7 +41,7 @@ impl HecSink {
             .map_err(|_| "the token contains characters a header cannot carry".to_owned())?;
         authorization.set_sensitive(true);
         Ok(HecSink {
-            client: super::http_client()?,
+            client: super::http::client()?,
             endpoint,
             authorization,
             index,
@@ -63,10 +63,10 @@ impl HecSink {
             .body(body)
             .send()
             .await
-            .map_err(super::transport_error)?;
-        let (status, retry_after, text) = super::read_response(resp).await?;
+            .map_err(super::http::transport_error)?;
+        let (status, retry_after, text) = super::http::read_response(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(super::status_error(status, retry_after, &text));
+            return Err(super::http::status_error(status, retry_after, &text));
         }
         let text = text.trim();
         if text.is_empty() {
@@ -79,11 +79,11 @@ impl HecSink {
             Some(0) => Ok(()),
             Some(code) => Err(DeliveryError::Protocol(format!(
                 "HEC answered HTTP {status} with code {code}: {}",
-                super::shorten(text, 300)
+                super::http::shorten(text, 300)
             ))),
             None => Err(DeliveryError::Protocol(format!(
                 "HEC answered HTTP {status} without a HEC status: {}",
-                super::shorten(text, 300)
+                super::http::shorten(text, 300)
             ))),
         }
     }

@@ -43,7 +43,7 @@ impl OtlpSink {
             map.insert(name, value);
         }
         Ok(OtlpSink {
-            client: super::http_client()?,
+            client: super::http::client()?,
             endpoint,
             headers: map,
             replica: replica.to_owned(),
@@ -64,14 +64,14 @@ impl OtlpSink {
             .body(body)
             .send()
             .await
-            .map_err(super::transport_error)?;
-        let (status, retry_after, text) = super::read_response(resp).await?;
+            .map_err(super::http::transport_error)?;
+        let (status, retry_after, text) = super::http::read_response(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(super::status_error(status, retry_after, &text));
+            return Err(super::http::status_error(status, retry_after, &text));
         }
         if let Some((rejected, message)) = partial_rejection(&text) {
             tracing::warn!(endpoint = %self.describe(), rejected,
-                message = %super::shorten(&message, 300),
+                message = %super::http::shorten(&message, 300),
                 "the OTLP receiver accepted the batch but rejected some records (not retried)");
         }
         Ok(())
