@@ -85,7 +85,7 @@ pub enum AuditSync {
 /// One SIEM destination. Every sink reads the durable log from its own
 /// cursor, so a sink that is down catches up when it returns.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSink")]
 pub struct Sink {
     /// Unique name; the sink's cursor is stored under it.
     pub name: String,
@@ -152,4 +152,117 @@ pub enum SinkKind {
 
 fn default_app_name() -> String {
     "portcullis".into()
+}
+
+/// A sink as written in YAML: one flat mapping whose `type` says which keys
+/// apply. (serde cannot combine a flattened, tagged enum with
+/// `deny_unknown_fields`, so the mapping is checked here.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    path: Option<PathBuf>,
+    endpoint: Option<String>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    token: Option<String>,
+    index: Option<String>,
+    sourcetype: Option<String>,
+    address: Option<String>,
+    app_name: Option<String>,
+    batch: Option<usize>,
+    backoff_min_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    max_backlog: Option<u64>,
+}
+
+impl TryFrom<RawSink> for Sink {
+    type Error = String;
+
+    fn try_from(r: RawSink) -> Result<Sink, String> {
+        let name = r.name.clone();
+        let required = |v: Option<String>, key: &str| {
+            v.ok_or_else(|| format!("sink {name:?} of type {} needs `{key}`", r.kind))
+        };
+        let mut extra: Vec<&str> = Vec::new();
+        let mut unused = |present: bool, key: &'static str| {
+            if present {
+                extra.push(key);
+            }
+        };
+        let kind = match r.kind.as_str() {
+            "file" => {
+                unused(r.endpoint.is_some(), "endpoint");
+                unused(r.headers.is_some(), "headers");
+                unused(r.token.is_some(), "token");
+                unused(r.index.is_some(), "index");
+                unused(r.sourcetype.is_some(), "sourcetype");
+                unused(r.address.is_some(), "address");
+                unused(r.app_name.is_some(), "app_name");
+                SinkKind::File {
+                    path: r
+                        .path
+                        .clone()
+                        .ok_or_else(|| format!("sink {name:?} of type file needs `path`"))?,
+                }
+            }
+            "otlp" => {
+                unused(r.path.is_some(), "path");
+                unused(r.token.is_some(), "token");
+                unused(r.index.is_some(), "index");
+                unused(r.sourcetype.is_some(), "sourcetype");
+                unused(r.address.is_some(), "address");
+                unused(r.app_name.is_some(), "app_name");
+                SinkKind::Otlp {
+                    endpoint: required(r.endpoint.clone(), "endpoint")?,
+                    headers: r.headers.clone().unwrap_or_default(),
+                }
+            }
+            "splunk_hec" => {
+                unused(r.path.is_some(), "path");
+                unused(r.headers.is_some(), "headers");
+                unused(r.address.is_some(), "address");
+                unused(r.app_name.is_some(), "app_name");
+                SinkKind::SplunkHec {
+                    endpoint: required(r.endpoint.clone(), "endpoint")?,
+                    token: required(r.token.clone(), "token")?,
+                    index: r.index.clone(),
+                    sourcetype: r.sourcetype.clone(),
+                }
+            }
+            "syslog" => {
+                unused(r.path.is_some(), "path");
+                unused(r.endpoint.is_some(), "endpoint");
+                unused(r.headers.is_some(), "headers");
+                unused(r.token.is_some(), "token");
+                unused(r.index.is_some(), "index");
+                unused(r.sourcetype.is_some(), "sourcetype");
+                SinkKind::Syslog {
+                    address: required(r.address.clone(), "address")?,
+                    app_name: r.app_name.clone().unwrap_or_else(default_app_name),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "sink {name:?}: unknown type {other:?} (file, otlp, splunk_hec, syslog)"
+                ))
+            }
+        };
+        if !extra.is_empty() {
+            return Err(format!(
+                "sink {name:?} of type {}: `{}` does not apply",
+                r.kind,
+                extra.join("`, `")
+            ));
+        }
+        Ok(Sink {
+            name: r.name,
+            kind,
+            batch: r.batch.unwrap_or_else(default_sink_batch),
+            backoff_min_ms: r.backoff_min_ms.unwrap_or_else(default_backoff_min),
+            backoff_max_ms: r.backoff_max_ms.unwrap_or_else(default_backoff_max),
+            max_backlog: r.max_backlog.unwrap_or_else(default_spool),
+        })
+    }
 }

@@ -105,3 +105,32 @@ fn env_references_expand_and_missing_ones_fail() {
     let missing = with_env.replace("PC_TEST_TOKEN", "PC_TEST_NOT_SET_ANYWHERE");
     assert!(Config::from_yaml(&missing, "t").is_err());
 }
+
+#[test]
+fn audit_sinks_parse_by_type_and_refuse_stray_keys() {
+    let ok = Config::from_yaml(
+        "audit:\n  sinks:\n    - {name: s, type: splunk_hec, endpoint: 'http://127.0.0.1:8088/services/collector/event', token: t}\n    - {name: f, type: file, path: /tmp/a.jsonl, batch: 10}\n    - {name: y, type: syslog, address: 'udp://127.0.0.1:514'}\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(ok.audit.sinks.len(), 3);
+    assert!(matches!(ok.audit.sinks[0].kind, SinkKind::SplunkHec { .. }));
+    assert_eq!(ok.audit.sinks[1].batch, 10);
+    for (yaml, needle) in [
+        ("{name: f, type: file}", "needs `path`"),
+        (
+            "{name: f, type: file, path: /x, token: t}",
+            "`token` does not apply",
+        ),
+        ("{name: f, type: kafka}", "unknown type"),
+        (
+            "{name: f, type: file, path: /x, colour: red}",
+            "unknown field",
+        ),
+    ] {
+        let err = Config::from_yaml(&format!("audit:\n  sinks:\n    - {yaml}\n"), "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{yaml}: {err}");
+    }
+}
