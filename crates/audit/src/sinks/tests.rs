@@ -767,12 +767,7 @@ async fn a_disabled_audit_log_starts_no_sinks() {
     set.shutdown(Duration::from_secs(1)).await;
 }
 
-// Ignored until `portcullis_config::Sink` parses: serde does not support
-// `deny_unknown_fields` together with `flatten`, so every sink is refused with
-// "unknown field `type`". Moving `deny_unknown_fields` from `Sink` to the
-// `SinkKind` enum fixes it and still rejects misspelt keys.
 #[test]
-#[ignore = "config: deny_unknown_fields on Sink rejects the flattened `type`"]
 fn the_documented_example_parses_and_validates() {
     let doc = include_str!("../../../../docs/audit.md");
     let section = &doc[doc.find("## SIEM export").unwrap()..];
