@@ -41,6 +41,7 @@ SECRETS = ["S3cret-Pa55word-QQ", "ghp_Zx81kLmN0pQrStUvWxYz0123456789abcd", "Supe
 class Env:
     def __init__(self, gw: Gateway, token: str):
         self.gw, self.token = gw, token
+        self.sink: Path | None = None
         r = mcp_init(gw, "alpha", token)
         assert r.status_code == 200, r.text
         self.sid = r.headers["mcp-session-id"]
@@ -68,10 +69,14 @@ def env() -> Iterator[Env]:
         config = auth_config([{"name": "alpha", "upstreams": [{"upstream": "tiny", "prefix": ""}]}])
         config["policy"] = {"dir": str(policy_dir)}
         config["upstreams"][0]["catalog"] = {"owner": "platform-team", "risk_tier": 2}
-        config["audit"] = {"mask_arguments": ["customer_ssn"]}
+        sink_file = Path(tmp) / "siem" / "audit.jsonl"
+        config["audit"] = {"mask_arguments": ["customer_ssn"],
+                           "sinks": [{"name": "siem-file", "type": "file", "path": str(sink_file)}]}
         with running_gateway(config) as gw:
             create_user(gw, "alice")
-            yield Env(gw, create_token(gw, "alice", "vs:alpha", name="alice-pat"))
+            e = Env(gw, create_token(gw, "alice", "vs:alpha", name="alice-pat"))
+            e.sink = sink_file
+            yield e
 
 
 def one(records: list[dict]) -> dict:
@@ -145,6 +150,14 @@ def test_secrets_in_arguments_never_reach_the_store(env: Env) -> None:
     for s in [*SECRETS, "078-05-1120"]:
         assert s.encode() not in raw, f"{s} is in the audit files"
         assert s not in env.gw.log(), f"{s} is in the gateway log"
+    # The SIEM copy (a file sink fed from the durable log) gets the record, masked.
+    sink = env.sink
+    assert sink is not None
+    assert wait_until(lambda: sink.exists() and f"secret-test-{m}" in sink.read_text(), timeout=30), \
+        "the file sink never received the record"
+    shipped = sink.read_bytes()
+    for s in [*SECRETS, "078-05-1120"]:
+        assert s.encode() not in shipped, f"{s} reached the SIEM sink"
 
 
 def test_cli_search_filters_by_user_tool_and_outcome(env: Env) -> None:

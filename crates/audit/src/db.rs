@@ -5,10 +5,8 @@
 use crate::AuditError;
 use portcullis_config::AuditSync;
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,21 +116,10 @@ impl Columns {
     }
 }
 
-/// A row ready to insert.
-pub(crate) struct NewRow {
-    pub seq: i64,
-    pub columns: Columns,
-    pub body: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
 #[derive(Clone)]
 pub struct AuditDb {
     pool: SqlitePool,
     path: PathBuf,
-    sync: AuditSync,
-    busy: Duration,
 }
 
 const SELECT: &str = "SELECT seq, event_id, time_us, event_type, replica, username, virtual_server, upstream, tool, method, outcome, body, prev_hash, hash FROM audit_records";
@@ -160,8 +147,6 @@ impl AuditDb {
         Ok(AuditDb {
             pool,
             path: path.to_owned(),
-            sync,
-            busy,
         })
     }
 
@@ -183,11 +168,6 @@ impl AuditDb {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// A connection of its own, for the writer.
-    pub(crate) async fn writer_connection(&self) -> Result<SqliteConnection, AuditError> {
-        Ok(options(&self.path, self.sync, self.busy).connect().await?)
     }
 
     pub async fn max_seq(&self) -> Result<i64, AuditError> {
@@ -338,62 +318,4 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord, AuditError> {
         prev_hash: r.try_get(12)?,
         hash: r.try_get(13)?,
     })
-}
-
-/// The chain head: `(seq, hash)` of the last record, or `(0, GENESIS)`.
-pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), AuditError> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?),
-        None => (0, crate::GENESIS.to_owned()),
-    })
-}
-
-/// Insert rows in one statement per chunk (one round trip to SQLite's thread).
-pub(crate) async fn insert_rows(
-    conn: &mut SqliteConnection,
-    rows: &[NewRow],
-) -> Result<(), AuditError> {
-    for chunk in rows.chunks(500) {
-        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_records (seq, event_id, time_us, event_type, replica, username, virtual_server, upstream, tool, method, outcome, body, prev_hash, hash) ",
-        );
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.seq)
-                .push_bind(&r.columns.event_id)
-                .push_bind(r.columns.time_us)
-                .push_bind(&r.columns.event_type)
-                .push_bind(&r.columns.replica)
-                .push_bind(&r.columns.username)
-                .push_bind(&r.columns.virtual_server)
-                .push_bind(&r.columns.upstream)
-                .push_bind(&r.columns.tool)
-                .push_bind(&r.columns.method)
-                .push_bind(&r.columns.outcome)
-                .push_bind(&r.body)
-                .push_bind(&r.prev_hash)
-                .push_bind(&r.hash);
-        });
-        qb.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-pub(crate) async fn insert_checkpoint(
-    conn: &mut SqliteConnection,
-    c: &Checkpoint,
-) -> Result<(), AuditError> {
-    sqlx::query(
-        "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time_us, key_id, signature) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(c.seq)
-    .bind(&c.hash)
-    .bind(c.time_us)
-    .bind(&c.key_id)
-    .bind(&c.signature)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }

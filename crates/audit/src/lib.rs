@@ -14,6 +14,7 @@
 
 mod canon;
 mod clock;
+mod committer;
 mod db;
 mod event;
 mod keys;

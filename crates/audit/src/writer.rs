@@ -1,38 +1,27 @@
-//! The writer: every record goes through one task per process that commits
-//! records in groups (one SQLite transaction, one fsync, many records) and
-//! answers each caller only after its group is durable. Under load the groups
-//! grow by themselves: while one commits, the next gathers.
+//! The auditor: the handle every part of the gateway records through. Records
+//! are encoded on the caller's task and handed to the committer thread
+//! (`committer.rs`), which answers each caller once its group is durable.
 
-use crate::db::{self, AuditDb, Checkpoint, Columns, NewRow, StoredRecord};
+use crate::committer::{Committer, Job};
+use crate::db::{AuditDb, StoredRecord};
 use crate::event::{Actor, AuditEvent};
-use crate::keys::{checkpoint_message, SigningKey};
+use crate::keys::SigningKey;
 use crate::mask::Masker;
 use crate::AuditError;
 use portcullis_config::{Audit, AuditFailureMode};
 use serde_json::json;
-use sqlx::sqlite::SqliteConnection;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
 
 /// Told each group commit's size and whether it succeeded.
-type BatchObserver = Box<dyn Fn(usize, bool) + Send + Sync>;
+pub(crate) type BatchObserver = Box<dyn Fn(usize, bool) + Send + Sync>;
 
 /// Upper bounds of the batch-size histogram buckets.
 const BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 64, 256, usize::MAX];
-
-enum Job {
-    Record {
-        body: String,
-        columns: Box<Columns>,
-        done: Option<oneshot::Sender<Result<i64, String>>>,
-    },
-    Stop(oneshot::Sender<()>),
-    /// Try an empty write transaction; answers whether the log is writable.
-    Probe(oneshot::Sender<bool>),
-}
 
 /// Handle to the audit log; cheap to clone. A disabled auditor accepts and
 /// drops everything.
@@ -41,17 +30,17 @@ pub struct Auditor {
     inner: Option<Arc<Inner>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     tx: mpsc::Sender<Job>,
-    healthy: AtomicBool,
+    pub(crate) healthy: AtomicBool,
     fail_closed: bool,
     replica: String,
     masker: Masker,
-    stats: BatchStats,
-    committed: watch::Sender<i64>,
+    pub(crate) stats: BatchStats,
+    pub(crate) committed: watch::Sender<i64>,
     db: AuditDb,
     public_key: String,
-    batch_observer: OnceLock<BatchObserver>,
+    pub(crate) batch_observer: OnceLock<BatchObserver>,
     /// Record `audit.started` / `audit.stopped` (gateways, not CLI commands).
     announce: bool,
 }
@@ -66,7 +55,7 @@ pub struct BatchStats {
 }
 
 impl BatchStats {
-    fn observe(&self, n: usize) {
+    pub(crate) fn observe(&self, n: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(n as u64, Ordering::Relaxed);
         self.largest.fetch_max(n as u64, Ordering::Relaxed);
@@ -136,11 +125,10 @@ impl Auditor {
         let key = SigningKey::load_or_create(&key_path)?;
         let busy = Duration::from_millis(config.write_timeout_ms.max(1));
         let db = AuditDb::open_with(&path, config.sync, busy).await?;
-        let mut conn = db.writer_connection().await?;
-        let (head_seq, _) = db::head(&mut conn).await?;
+        let head_seq = db.max_seq().await?;
         let last_checkpoint = db.checkpoints().await?.last().map(|c| c.seq).unwrap_or(0);
         let replica = config.replica_id.clone().unwrap_or_else(default_replica);
-        let (tx, rx) = mpsc::channel(65_536);
+        let (tx, rx) = mpsc::channel();
         let (committed, _) = watch::channel(head_seq);
         let inner = Arc::new(Inner {
             tx,
@@ -155,18 +143,17 @@ impl Auditor {
             batch_observer: OnceLock::new(),
             announce,
         });
-        let writer = Writer {
-            inner: Arc::downgrade(&inner),
-            conn,
+        let committer = Committer::open(
+            &path,
+            config,
+            busy,
             key,
-            max_batch: config.max_batch.max(1),
-            every: config.checkpoint_every_records.max(1),
-            interval: Duration::from_secs(config.checkpoint_interval_secs.max(1)),
-            since_checkpoint: (head_seq - last_checkpoint).max(0) as u64,
-            last_checkpoint: Instant::now(),
-            reconnect: false,
-        };
-        tokio::spawn(writer.run(rx));
+            Arc::downgrade(&inner),
+            (head_seq - last_checkpoint).max(0) as u64,
+        )?;
+        std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn(move || committer.run(rx))?;
         let auditor = Auditor { inner: Some(inner) };
         if !announce {
             return Ok(auditor);
@@ -256,9 +243,8 @@ impl Auditor {
             .send(Job::Record {
                 body,
                 columns: Box::new(columns),
-                done: Some(done),
+                done,
             })
-            .await
             .map_err(|_| AuditError::Stopped)?;
         match answer.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -274,7 +260,7 @@ impl Auditor {
             return true;
         };
         let (tx, rx) = oneshot::channel();
-        if inner.tx.send(Job::Probe(tx)).await.is_err() {
+        if inner.tx.send(Job::Probe(tx)).is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -310,7 +296,7 @@ impl Auditor {
             }
         }
         let (tx, rx) = oneshot::channel();
-        if inner.tx.send(Job::Stop(tx)).await.is_ok() {
+        if inner.tx.send(Job::Stop(tx)).is_ok() {
             let _ = rx.await;
         }
         // The bench reads this line to report group-commit sizes.
@@ -333,227 +319,4 @@ fn default_replica() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "gateway".into());
     format!("{host}/{}", std::process::id())
-}
-
-struct Writer {
-    inner: std::sync::Weak<Inner>,
-    conn: SqliteConnection,
-    key: SigningKey,
-    max_batch: usize,
-    every: u64,
-    interval: Duration,
-    since_checkpoint: u64,
-    last_checkpoint: Instant,
-    /// The connection failed: open a new one before the next group.
-    reconnect: bool,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut tick = tokio::time::interval(self.interval.min(Duration::from_secs(5)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let first = tokio::select! {
-                job = rx.recv() => job,
-                _ = tick.tick() => {
-                    if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.interval {
-                        if let Err(e) = self.checkpoint_now().await {
-                            tracing::error!(error = %e, "audit checkpoint failed");
-                        }
-                    }
-                    continue;
-                }
-            };
-            let Some(first) = first else { break };
-            let mut jobs = Vec::with_capacity(16);
-            let mut stop = None;
-            let mut probes = Vec::new();
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Stop(s) => stop = Some(s),
-                    Job::Probe(p) => probes.push(p),
-                    j => jobs.push(j),
-                }
-                if stop.is_none() && jobs.len() < self.max_batch {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !probes.is_empty() {
-                let ok = self.probe().await;
-                for p in probes {
-                    let _ = p.send(ok);
-                }
-            }
-            if !jobs.is_empty() {
-                self.commit(jobs).await;
-            }
-            if let Some(s) = stop {
-                if self.since_checkpoint > 0 {
-                    if let Err(e) = self.checkpoint_now().await {
-                        tracing::error!(error = %e, "final audit checkpoint failed");
-                    }
-                }
-                let _ = s.send(());
-                return;
-            }
-        }
-    }
-
-    async fn commit(&mut self, jobs: Vec<Job>) {
-        let n = jobs.len();
-        let result = self.write(&jobs).await;
-        let Some(inner) = self.inner.upgrade() else {
-            return;
-        };
-        match result {
-            Ok(first_seq) => {
-                inner.healthy.store(true, Ordering::Relaxed);
-                inner.stats.observe(n);
-                if let Some(f) = inner.batch_observer.get() {
-                    f(n, true);
-                }
-                let _ = inner.committed.send(first_seq + n as i64 - 1);
-                for (i, job) in jobs.into_iter().enumerate() {
-                    if let Job::Record { done: Some(d), .. } = job {
-                        let _ = d.send(Ok(first_seq + i as i64));
-                    }
-                }
-            }
-            Err(e) => {
-                self.reconnect = true;
-                inner.healthy.store(false, Ordering::Relaxed);
-                if let Some(f) = inner.batch_observer.get() {
-                    f(n, false);
-                }
-                tracing::error!(error = %e, records = n, "audit group commit failed");
-                let text = e.to_string();
-                for job in jobs {
-                    if let Job::Record { done: Some(d), .. } = job {
-                        let _ = d.send(Err(text.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Append `jobs` in one transaction; returns the first sequence number.
-    async fn write(&mut self, jobs: &[Job]) -> Result<i64, AuditError> {
-        if self.reconnect {
-            if let Some(inner) = self.inner.upgrade() {
-                self.conn = inner.db.writer_connection().await?;
-            }
-            self.reconnect = false;
-        }
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn)
-            .await?;
-        let result = self.append(jobs).await;
-        match result {
-            Ok(first) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
-                Ok(_) => Ok(first),
-                Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                    Err(e.into())
-                }
-            },
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn append(&mut self, jobs: &[Job]) -> Result<i64, AuditError> {
-        // The head is read inside the transaction, so another process writing
-        // the same log (the CLI recording an administrative action) chains
-        // correctly too.
-        let (mut seq, mut prev) = db::head(&mut self.conn).await?;
-        let first = seq + 1;
-        let mut rows = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let Job::Record { body, columns, .. } = job else {
-                continue;
-            };
-            seq += 1;
-            let hash = crate::chain_hash(&prev, seq, body);
-            rows.push(NewRow {
-                seq,
-                columns: (**columns).clone(),
-                body: body.clone(),
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-            });
-        }
-        db::insert_rows(&mut self.conn, &rows).await?;
-        self.since_checkpoint += rows.len() as u64;
-        if self.since_checkpoint >= self.every || self.last_checkpoint.elapsed() >= self.interval {
-            self.sign(seq, &prev).await?;
-        }
-        Ok(first)
-    }
-
-    async fn probe(&mut self) -> bool {
-        let ok = async {
-            if self.reconnect {
-                if let Some(inner) = self.inner.upgrade() {
-                    self.conn = inner.db.writer_connection().await?;
-                }
-                self.reconnect = false;
-            }
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut self.conn)
-                .await?;
-            sqlx::query("COMMIT").execute(&mut self.conn).await?;
-            Ok::<(), AuditError>(())
-        }
-        .await
-        .is_ok();
-        if !ok {
-            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-        }
-        if let Some(inner) = self.inner.upgrade() {
-            inner.healthy.store(ok, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    async fn checkpoint_now(&mut self) -> Result<(), AuditError> {
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn)
-            .await?;
-        let signed = async {
-            let (seq, hash) = db::head(&mut self.conn).await?;
-            if seq > 0 {
-                self.sign(seq, &hash).await?;
-            }
-            Ok::<(), AuditError>(())
-        }
-        .await;
-        match signed {
-            Ok(()) => {
-                sqlx::query("COMMIT").execute(&mut self.conn).await?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn sign(&mut self, seq: i64, hash: &str) -> Result<(), AuditError> {
-        let time_us = crate::clock::now_us();
-        let c = Checkpoint {
-            seq,
-            hash: hash.to_owned(),
-            time_us,
-            key_id: self.key.key_id.clone(),
-            signature: self.key.sign(&checkpoint_message(seq, hash, time_us)),
-        };
-        db::insert_checkpoint(&mut self.conn, &c).await?;
-        self.since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        Ok(())
-    }
 }

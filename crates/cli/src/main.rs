@@ -93,6 +93,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Check { config } => {
                 let cfg = portcullis_config::Config::load(&config)?;
+                portcullis_audit::sinks::validate_sinks(&cfg.audit.sinks)
+                    .map_err(|e| anyhow::anyhow!("{}: audit.sinks: {e}", config.display()))?;
                 println!(
                     "{}: ok ({} upstreams, {} virtual servers)",
                     config.display(),

@@ -24,6 +24,8 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         .listen
         .parse()
         .with_context(|| format!("listen address {:?} is not IP:PORT", config.listen))?;
+    portcullis_audit::sinks::validate_sinks(&config.audit.sinks)
+        .map_err(|e| anyhow::anyhow!("audit.sinks: {e}"))?;
     let auth_on = config.auth.mode == AuthMode::Required;
     if !addr.ip().is_loopback() && !auth_on {
         bail!("refusing to listen on {addr} with auth.mode: off; unauthenticated gateways listen on loopback only");
@@ -77,6 +79,9 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         None => None,
     };
     let telemetry = portcullis_telemetry::Telemetry::start(&config)?;
+    // Kept alive for the life of the gateway: dropping it stops the sinks.
+    let sinks = portcullis_audit::sinks::SinkSet::start(&auditor, &config.audit.sinks)
+        .context("starting the audit sinks")?;
     if auditor.enabled() {
         let metrics = telemetry.metrics().clone();
         metrics.set_audit_healthy(true);
@@ -181,6 +186,8 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
         }
     }
     auditor.close().await;
+    // After the log closes, so `audit.stopped` is still delivered.
+    sinks.shutdown(std::time::Duration::from_secs(5)).await;
     telemetry.shutdown().await;
     store.close().await;
     Ok(())

@@ -1,0 +1,327 @@
+//! The committer: one OS thread per process owns a synchronous SQLite
+//! connection and appends records in groups: one transaction (and one fsync
+//! with `sync: full`) for everything that queued while the previous group was
+//! written, then every caller in the group is answered. A thread of its own
+//! (rather than an async task over an async driver) keeps each statement a
+//! function call instead of a hand-off between threads.
+
+use crate::db::{Checkpoint, Columns};
+use crate::keys::{checkpoint_message, SigningKey};
+use crate::writer::Inner;
+use crate::AuditError;
+use portcullis_config::{Audit, AuditSync};
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub(crate) enum Job {
+    Record {
+        body: String,
+        columns: Box<Columns>,
+        done: oneshot::Sender<Result<i64, String>>,
+    },
+    Stop(oneshot::Sender<()>),
+    /// Try an empty write transaction; answers whether the log is writable.
+    Probe(oneshot::Sender<bool>),
+}
+
+const INSERT: &str = "INSERT INTO audit_records (seq, event_id, time_us, event_type, replica, username, virtual_server, upstream, tool, method, outcome, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+pub(crate) struct Committer {
+    path: PathBuf,
+    sync: AuditSync,
+    busy: Duration,
+    conn: Option<Connection>,
+    key: SigningKey,
+    inner: Weak<Inner>,
+    max_batch: usize,
+    every: u64,
+    interval: Duration,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+impl Committer {
+    pub(crate) fn open(
+        path: &Path,
+        config: &Audit,
+        busy: Duration,
+        key: SigningKey,
+        inner: Weak<Inner>,
+        since_checkpoint: u64,
+    ) -> Result<Committer, AuditError> {
+        let mut c = Committer {
+            path: path.to_owned(),
+            sync: config.sync,
+            busy,
+            conn: None,
+            key,
+            inner,
+            max_batch: config.max_batch.max(1),
+            every: config.checkpoint_every_records.max(1),
+            interval: Duration::from_secs(config.checkpoint_interval_secs.max(1)),
+            since_checkpoint,
+            last_checkpoint: Instant::now(),
+        };
+        c.connect()?;
+        Ok(c)
+    }
+
+    fn connect(&mut self) -> Result<&mut Connection, AuditError> {
+        if self.conn.is_none() {
+            let conn = Connection::open(&self.path).map_err(db_err)?;
+            conn.busy_timeout(self.busy).map_err(db_err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_err)?;
+            let sync = match self.sync {
+                AuditSync::Full => "FULL",
+                AuditSync::Normal => "NORMAL",
+            };
+            conn.pragma_update(None, "synchronous", sync)
+                .map_err(db_err)?;
+            conn.set_prepared_statement_cache_capacity(8);
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| AuditError::WriteFailed("no connection".into()))
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Job>) {
+        let tick = self.interval.min(Duration::from_secs(5));
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.interval
+                    {
+                        if let Err(e) = self.checkpoint_now() {
+                            tracing::error!(error = %e, "audit checkpoint failed");
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut records = Vec::with_capacity(16);
+            let mut stop = None;
+            let mut probes = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Stop(s) => stop = Some(s),
+                    Job::Probe(p) => probes.push(p),
+                    Job::Record {
+                        body,
+                        columns,
+                        done,
+                    } => records.push((body, columns, done)),
+                }
+                if stop.is_none() && records.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !records.is_empty() {
+                self.commit(records);
+            }
+            if !probes.is_empty() {
+                let ok = self.probe();
+                for p in probes {
+                    let _ = p.send(ok);
+                }
+            }
+            if let Some(s) = stop {
+                if self.since_checkpoint > 0 {
+                    if let Err(e) = self.checkpoint_now() {
+                        tracing::error!(error = %e, "final audit checkpoint failed");
+                    }
+                }
+                let _ = s.send(());
+                return;
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &mut self,
+        records: Vec<(String, Box<Columns>, oneshot::Sender<Result<i64, String>>)>,
+    ) {
+        let n = records.len();
+        let result = self.append(&records);
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        match result {
+            Ok(first) => {
+                inner.healthy.store(true, Ordering::Relaxed);
+                inner.stats.observe(n);
+                if let Some(f) = inner.batch_observer.get() {
+                    f(n, true);
+                }
+                let _ = inner.committed.send(first + n as i64 - 1);
+                for (i, (_, _, done)) in records.into_iter().enumerate() {
+                    let _ = done.send(Ok(first + i as i64));
+                }
+            }
+            Err(e) => {
+                // A fresh connection for the next group, in case this one is wedged.
+                self.conn = None;
+                inner.healthy.store(false, Ordering::Relaxed);
+                if let Some(f) = inner.batch_observer.get() {
+                    f(n, false);
+                }
+                tracing::error!(error = %e, records = n, "audit group commit failed");
+                let text = e.to_string();
+                for (_, _, done) in records {
+                    let _ = done.send(Err(text.clone()));
+                }
+            }
+        }
+    }
+
+    /// Append the group in one transaction; returns the first sequence number.
+    #[allow(clippy::type_complexity)]
+    fn append(
+        &mut self,
+        records: &[(String, Box<Columns>, oneshot::Sender<Result<i64, String>>)],
+    ) -> Result<i64, AuditError> {
+        let (every, interval, since, last) = (
+            self.every,
+            self.interval,
+            self.since_checkpoint,
+            self.last_checkpoint,
+        );
+        self.connect()?;
+        let Committer { conn, key, .. } = self;
+        let conn = conn
+            .as_mut()
+            .ok_or_else(|| AuditError::WriteFailed("no connection".into()))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        // The head is read inside the transaction, so another process writing
+        // the same log (the CLI recording an administrative action) chains
+        // correctly too. It is a single index probe.
+        let (mut seq, mut prev) = head(&tx)?;
+        let first = seq + 1;
+        {
+            let mut insert = tx.prepare_cached(INSERT).map_err(db_err)?;
+            for (body, c, _) in records {
+                seq += 1;
+                let hash = crate::chain_hash(&prev, seq, body);
+                insert
+                    .execute(params![
+                        seq,
+                        c.event_id,
+                        c.time_us,
+                        c.event_type,
+                        c.replica,
+                        c.username,
+                        c.virtual_server,
+                        c.upstream,
+                        c.tool,
+                        c.method,
+                        c.outcome,
+                        body,
+                        prev,
+                        hash
+                    ])
+                    .map_err(db_err)?;
+                prev = hash;
+            }
+        }
+        let due = since + records.len() as u64 >= every || last.elapsed() >= interval;
+        let signed = if due {
+            let c = sign(key, seq, &prev);
+            insert_checkpoint(&tx, &c)?;
+            true
+        } else {
+            false
+        };
+        tx.commit().map_err(db_err)?;
+        if signed {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+        } else {
+            self.since_checkpoint += records.len() as u64;
+        }
+        Ok(first)
+    }
+
+    fn probe(&mut self) -> bool {
+        let ok = (|| {
+            let conn = self.connect()?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })()
+        .is_ok();
+        if !ok {
+            self.conn = None;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            inner.healthy.store(ok, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn checkpoint_now(&mut self) -> Result<(), AuditError> {
+        let signature_key = &self.key;
+        let conn = match self.conn.as_mut() {
+            Some(c) => c,
+            None => return Ok(()),
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let (seq, hash) = head(&tx)?;
+        if seq > 0 {
+            insert_checkpoint(&tx, &sign(signature_key, seq, &hash))?;
+        }
+        tx.commit().map_err(db_err)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+fn sign(key: &SigningKey, seq: i64, hash: &str) -> Checkpoint {
+    let time_us = crate::clock::now_us();
+    Checkpoint {
+        seq,
+        hash: hash.to_owned(),
+        time_us,
+        key_id: key.key_id.clone(),
+        signature: key.sign(&checkpoint_message(seq, hash, time_us)),
+    }
+}
+
+fn head(conn: &Connection) -> Result<(i64, String), AuditError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    match rows.next().map_err(db_err)? {
+        Some(r) => Ok((r.get(0).map_err(db_err)?, r.get(1).map_err(db_err)?)),
+        None => Ok((0, crate::GENESIS.to_owned())),
+    }
+}
+
+fn insert_checkpoint(conn: &Connection, c: &Checkpoint) -> Result<(), AuditError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time_us, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![c.seq, c.hash, c.time_us, c.key_id, c.signature]))
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn db_err(e: rusqlite::Error) -> AuditError {
+    AuditError::WriteFailed(e.to_string())
+}
