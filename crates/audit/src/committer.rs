@@ -39,6 +39,9 @@ pub(crate) struct Committer {
     key: SigningKey,
     inner: Weak<Inner>,
     max_batch: usize,
+    commit_delay: Duration,
+    /// Size of the previous group: more than one means load.
+    last_group: usize,
     every: u64,
     interval: Duration,
     since_checkpoint: u64,
@@ -62,6 +65,8 @@ impl Committer {
             key,
             inner,
             max_batch: config.max_batch.max(1),
+            commit_delay: Duration::from_micros(config.commit_delay_us.min(100_000)),
+            last_group: 0,
             every: config.checkpoint_every_records.max(1),
             interval: Duration::from_secs(config.checkpoint_interval_secs.max(1)),
             since_checkpoint,
@@ -111,6 +116,7 @@ impl Committer {
             let mut stop = None;
             let mut probes = Vec::new();
             let mut next = Some(first);
+            let gather_started = Instant::now();
             while let Some(job) = next.take() {
                 match job {
                     Job::Stop(s) => stop = Some(s),
@@ -123,8 +129,15 @@ impl Committer {
                 }
                 if stop.is_none() && records.len() < self.max_batch {
                     next = rx.try_recv().ok();
+                    if next.is_none() && self.last_group > 1 && !self.commit_delay.is_zero() {
+                        let waited = gather_started.elapsed();
+                        if waited < self.commit_delay {
+                            next = rx.recv_timeout(self.commit_delay - waited).ok();
+                        }
+                    }
                 }
             }
+            self.last_group = records.len();
             if !records.is_empty() {
                 self.commit(records);
             }

@@ -192,12 +192,13 @@ pub(crate) async fn gate(
             )
             .await
             .map(|_| Passed::default()),
-            Caller::Modern { .. } => gw
-                .confirmations
-                .check_modern(who, &target, msg, id)
-                .map(|_| Passed {
-                    confirmed_modern: true,
-                }),
+            Caller::Modern { .. } => {
+                gw.confirmations
+                    .check_modern(who, &target, msg, id)
+                    .map(|_| Passed {
+                        confirmed_modern: true,
+                    })
+            }
         },
     };
     observe::note(|n| {

@@ -336,7 +336,8 @@ async fn initialize(
     let client = value
         .pointer("/params/clientInfo/name")
         .and_then(Value::as_str);
-    let body = observe::record_session_start(gw, who, vs_name, client, &arrival, body, started).await;
+    let body =
+        observe::record_session_start(gw, who, vs_name, client, &arrival, body, started).await;
     let mut r = json_response(status, &body);
     if let (Some(session), true) = (session, body.get("result").is_some()) {
         if let Ok(v) = HeaderValue::from_str(&session.id) {

@@ -344,7 +344,12 @@ pub(crate) fn actor(who: Option<&Who>, client_name: Option<String>, arrival: &Ar
     let p = &who.principal;
     let u = &p.user;
     Actor {
-        kind: if u.kind == "service" { "service" } else { "user" }.into(),
+        kind: if u.kind == "service" {
+            "service"
+        } else {
+            "user"
+        }
+        .into(),
         id: Some(u.id.clone()),
         username: Some(u.username.clone()),
         groups: u.groups.clone(),
