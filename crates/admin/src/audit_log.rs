@@ -13,34 +13,14 @@
 use axum::extract::ConnectInfo;
 use http::{header, Extensions, HeaderMap};
 use portcullis_audit::{Actor, AuditEvent, Auditor, Target};
-use portcullis_identity::{Credential, Identity, Principal};
+use portcullis_identity::{Identity, Principal};
 use portcullis_policy::{PolicyChange, PolicyRuntime};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
 /// The audit actor for an authenticated API request.
 pub(crate) fn actor(p: &Principal, headers: &HeaderMap, ext: &Extensions) -> Actor {
-    let u = &p.user;
     Actor {
-        kind: if u.kind == "service" {
-            "service"
-        } else {
-            "user"
-        }
-        .into(),
-        id: Some(u.id.clone()),
-        username: Some(u.username.clone()),
-        groups: u.groups.clone(),
-        token_id: Some(p.credential_id().to_owned()),
-        auth_method: Some(
-            match p.credential {
-                Credential::Access(_) => "oauth",
-                Credential::ApiToken(_) => "api_token",
-            }
-            .into(),
-        ),
-        client_id: p.client_id().map(str::to_owned),
-        client_name: None,
         ip: ext
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string()),
@@ -48,6 +28,7 @@ pub(crate) fn actor(p: &Principal, headers: &HeaderMap, ext: &Extensions) -> Act
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect()),
+        ..p.audit_actor()
     }
 }
 

@@ -10,7 +10,6 @@ use crate::telemetry_hook::CallTelemetry;
 use crate::{Gateway, Who};
 use futures_util::future::{AbortRegistration, Abortable};
 use portcullis_audit::{Actor, AuditEvent};
-use portcullis_identity::Credential;
 use portcullis_protocol::jsonrpc::error_response;
 use portcullis_protocol::{era, ErrorCode};
 use serde_json::Value;
@@ -337,34 +336,21 @@ pub(crate) fn actor(who: Option<&Who>, client_name: Option<String>, arrival: &Ar
         return Actor {
             kind: "anonymous".into(),
             client_name,
-            user_agent: arrival.user_agent.clone(),
+            user_agent: arrival
+                .user_agent
+                .as_deref()
+                .map(|v| v.chars().take(256).collect()),
             ..Default::default()
         };
     };
-    let p = &who.principal;
-    let u = &p.user;
     Actor {
-        kind: if u.kind == "service" {
-            "service"
-        } else {
-            "user"
-        }
-        .into(),
-        id: Some(u.id.clone()),
-        username: Some(u.username.clone()),
-        groups: u.groups.clone(),
-        token_id: Some(p.credential_id().to_owned()),
-        auth_method: Some(
-            match p.credential {
-                Credential::Access(_) => "oauth",
-                Credential::ApiToken(_) => "api_token",
-            }
-            .into(),
-        ),
-        client_id: p.client_id().map(str::to_owned),
         client_name,
         ip: who.ip.map(|ip| ip.to_string()),
-        user_agent: arrival.user_agent.clone(),
+        user_agent: arrival
+            .user_agent
+            .as_deref()
+            .map(|v| v.chars().take(256).collect()),
+        ..who.principal.audit_actor()
     }
 }
 

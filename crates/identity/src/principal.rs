@@ -58,6 +58,34 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Who this is, as an audit record names them: never the credential,
+    /// only its id. The caller adds what only it knows (address, user agent,
+    /// client name).
+    pub fn audit_actor(&self) -> portcullis_audit::Actor {
+        let u = &self.user;
+        portcullis_audit::Actor {
+            kind: if u.kind == "service" {
+                "service"
+            } else {
+                "user"
+            }
+            .into(),
+            id: Some(u.id.clone()),
+            username: Some(u.username.clone()),
+            groups: u.groups.clone(),
+            token_id: Some(self.credential_id().to_owned()),
+            auth_method: Some(
+                match self.credential {
+                    Credential::Access(_) => "oauth",
+                    Credential::ApiToken(_) => "api_token",
+                }
+                .into(),
+            ),
+            client_id: self.client_id().map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
     /// Stable key sessions are bound to: the user, not the credential, so a
     /// refreshed token keeps its session.
     pub fn subject(&self) -> &str {
