@@ -10,6 +10,7 @@ import base64
 import json
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -199,6 +200,31 @@ def test_admin_api_search_is_recorded(gw: Gateway) -> None:
     assert bad.status_code == 400 and "outcome" in bad.json()["error_description"]
     bad = httpx.get(f"{gw.base}/api/v1/audit", params={"since": "the dawn of time"}, headers=h)
     assert bad.status_code == 400 and "since" in bad.json()["error_description"]
+
+
+def test_refused_credential_at_an_mcp_endpoint_is_recorded(gw: Gateway) -> None:
+    forged = "pc_forged0123456789abcdefghijklmnopqrstuvwxyz"
+    SEEN_SECRETS.append(forged)
+    before = len(events(gw, "auth.rejected"))
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Authorization": f"Bearer {forged}", "User-Agent": "probe/" + "x" * 1000}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+    r = httpx.post(gw.url("alpha"), content=json.dumps(body), headers=h, timeout=30)
+    assert r.status_code == 401
+    # Recorded off the refusal's path: wait until it is there.
+    deadline = time.monotonic() + 20
+    while len(events(gw, "auth.rejected")) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    new = events(gw, "auth.rejected")[before:]
+    assert len(new) == 1, new
+    e = new[0]
+    assert e["actor"]["kind"] == "anonymous" and e["actor"]["ip"] == "127.0.0.1"
+    assert e["actor"]["user_agent"].startswith("probe/") and len(e["actor"]["user_agent"]) == 256
+    assert e["target"]["virtual_server"] == "alpha"
+    assert e["detail"]["status"] == 401 and e["detail"]["path"] == "/mcp/alpha"
+    assert e["detail"]["reason"]
+    assert forged not in json.dumps(e)
 
 
 def test_no_secret_anywhere_in_the_audit_database(gw: Gateway) -> None:

@@ -2,6 +2,7 @@
 //! behind catalog or identity writes and the file can be shipped, locked
 //! down and retained on its own terms.
 
+use crate::event::AuditEvent;
 use crate::AuditError;
 use portcullis_config::AuditSync;
 use serde_json::Value;
@@ -93,6 +94,38 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// The searchable copies of an event's fields, taken from the event
+    /// itself (the same values `StoredRecord::columns_from_body` reads back).
+    pub(crate) fn of(event: AuditEvent) -> Columns {
+        let AuditEvent {
+            actor,
+            event_id,
+            event_type,
+            outcome,
+            replica,
+            request,
+            target,
+            time,
+            ..
+        } = event;
+        let (virtual_server, upstream, tool) = match target {
+            Some(t) => (t.virtual_server, t.upstream, t.tool.or(t.resource)),
+            None => (None, None, None),
+        };
+        Columns {
+            time_us: crate::clock::parse_time(&time).unwrap_or(0),
+            event_id,
+            event_type,
+            replica,
+            username: actor.and_then(|a| a.username),
+            virtual_server,
+            upstream,
+            tool,
+            method: request.map(|r| r.method),
+            outcome: outcome.map(|o| o.status),
+        }
+    }
+
     /// Name the first column that differs from `other`.
     pub fn first_difference(&self, other: &Columns) -> Option<&'static str> {
         [

@@ -19,16 +19,18 @@ mod db;
 mod event;
 mod keys;
 mod mask;
+mod relay;
 mod retention;
 mod search;
 pub mod sinks;
+mod syncer;
 mod verify;
 mod writer;
 
 pub use canon::canonical_json;
 pub use clock::{format_time, now_us, parse_time};
 pub use db::{AuditDb, StoredRecord};
-pub use event::{Actor, AuditEvent, Decision, Outcome, Request, Target, SCHEMA};
+pub use event::{Actor, AuditEvent, Decision, Outcome, Request, Target, OUTCOMES, SCHEMA};
 pub use keys::{public_path as public_key_path, PublicKey, SigningKey};
 pub use mask::Masker;
 pub use retention::{prune, PruneReport};
@@ -43,20 +45,42 @@ pub fn chain_hash(prev_hash: &str, seq: i64, body: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
-    h.update(seq.to_string().as_bytes());
+    h.update(decimal(seq, &mut [0u8; 20]));
     h.update(b"\n");
     h.update(body.as_bytes());
     hex(&h.finalize())
+}
+
+/// `n` in decimal, written into `buf` (no allocation on the commit path).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let negative = n < 0;
+    let mut v = n.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if negative {
+        // Sequence numbers start at 1; kept total for any i64 all the same.
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
 }
 
 /// The `prev_hash` of the first record ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
 }

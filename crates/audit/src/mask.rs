@@ -171,7 +171,17 @@ impl Masker {
             Ok(m) => m,
             Err(_) => return String::new(),
         };
-        mac.update(crate::canon::canonical_json(args).as_bytes());
+        struct Feed<'a>(&'a mut Hmac<Sha256>);
+        impl std::io::Write for Feed<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = crate::canon::write_canonical(Feed(&mut mac), args);
         format!("hmac-sha256:{}", crate::hex(&mac.finalize().into_bytes()))
     }
 }

@@ -56,6 +56,95 @@ fn canonical_json_sorts_keys_and_escapes() {
 }
 
 #[test]
+fn canonical_json_escapes_like_before() {
+    // The exact bytes existing logs were hashed over.
+    let v = json!({"s": "\u{1}\u{8}\u{c}\t\r\u{1f}\u{7f}é\\/", "n": [1.5, -0.0, 1e300, 12]});
+    assert_eq!(
+        canonical_json(&v),
+        "{\"n\":[1.5,-0.0,1e+300,12],\"s\":\"\\u0001\\b\\f\\t\\r\\u001f\u{7f}é\\\\/\"}"
+    );
+    // UTF-16 order, not UTF-8 byte order: U+FF61 sorts after U+1F600.
+    let v = json!({"\u{ff61}": 1, "\u{1f600}": 2, "b": 3, "a": 4});
+    assert_eq!(
+        canonical_json(&v),
+        "{\"a\":4,\"b\":3,\"\u{1f600}\":2,\"\u{ff61}\":1}"
+    );
+}
+
+#[test]
+fn typed_encoding_is_canonical() {
+    let mut e = call(
+        "alice",
+        "read_file",
+        json!({"z": 1, "path": "/x", "nested": {"b": [{"y": 1, "x": 2}], "a": null}}),
+    );
+    e.replica = "host/1".into();
+    e.actor = Some(Actor {
+        kind: "user".into(),
+        id: Some("u1".into()),
+        username: Some("alice".into()),
+        groups: vec!["eng".into(), "admins".into()],
+        token_id: Some("t1".into()),
+        auth_method: Some("oauth".into()),
+        client_id: Some("c1".into()),
+        client_name: Some("claude".into()),
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("ua \"quoted\"\n".into()),
+    });
+    e.target = Some(Target {
+        virtual_server: Some("demo".into()),
+        upstream: Some("files".into()),
+        tool: Some("read_file".into()),
+        upstream_tool: Some("read".into()),
+        resource: Some("file:///x".into()),
+    });
+    if let Some(r) = e.request.as_mut() {
+        r.jsonrpc_id = Some(json!({"k": 2, "j": 1}));
+        r.session_id = Some("s".into());
+        r.protocol_version = Some("2025-06-18".into());
+        r.arguments_digest = Some("hmac-sha256:00".into());
+        r.bytes_in = 10;
+        r.trace_id = Some("t".into());
+        r.span_id = Some("p".into());
+    }
+    e.decision = Some(Decision {
+        result: "allow".into(),
+        policies: vec!["p1".into()],
+        errors: vec!["e".into()],
+        policy_version: Some(3),
+        checkpoint: Some("user".into()),
+        checkpoint_result: Some("accepted".into()),
+        rate_limit: Some("r".into()),
+    });
+    e.outcome = Some(Outcome {
+        status: "tool_error".into(),
+        error_code: Some(-32000),
+        error_message: Some("boom".into()),
+        latency_us: 5,
+        bytes_out: 7,
+    });
+    e.detail = Some(json!({"b": 1, "a": {"d": 1, "c": 2}}));
+    let typed = canon::encode(&e).unwrap();
+    let via_value = canonical_json(&serde_json::to_value(&e).unwrap());
+    assert_eq!(typed, via_value);
+    // And the columns taken from the event are the ones verify reads back.
+    let body: serde_json::Value = serde_json::from_str(&typed).unwrap();
+    assert_eq!(db::Columns::of(e), StoredRecord::columns_from_body(&body));
+}
+
+#[test]
+fn chain_hash_is_stable() {
+    assert_eq!(
+        chain_hash(GENESIS, 42, r#"{"a":1}"#),
+        "7f8224c48183bd1c42d3befb0053c808c091a49be82ce1708d781d3e9533a1d2"
+    );
+    assert_eq!(
+        chain_hash("ab", -7, "x"),
+        "f491e568cd51eae676fe6b2cde6b082b3c423e3198b1d3f12152df154c139eff"
+    );
+}
+
+#[test]
 fn times_round_trip() {
     let t = 1_795_000_000_123_456;
     assert_eq!(parse_time(&format_time(t)), Some(t));
@@ -257,6 +346,52 @@ async fn concurrent_records_group_commit_and_search() {
     assert!(none.is_empty());
     a.close().await;
     assert!(verify(&db, &key(&dir).await).await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn under_load_a_group_waits_commit_delay_for_companions() {
+    let dir = temp_dir("delay");
+    let config = Audit {
+        commit_delay_us: 400_000,
+        ..Audit::default()
+    };
+    let a = Auditor::open(&config, &dir).await.unwrap();
+    // A burst first, so the committer sees load (a previous group of more
+    // than one).
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.record(call("alice", "echo", json!({"i": i}))).await })
+        })
+        .collect();
+    for t in burst {
+        t.await.unwrap().unwrap();
+    }
+    let before = a.batch_stats()["batches"].as_u64().unwrap();
+    assert!(a.batch_stats()["largest"].as_u64().unwrap() >= 8);
+    // Then six records 20 ms apart: each would find the committer idle and
+    // go alone, but the delay gathers them.
+    let mut spaced = Vec::new();
+    for i in 0..6 {
+        let a = a.clone();
+        spaced.push(tokio::spawn(async move {
+            a.record(call("bob", "echo", json!({"i": i}))).await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for t in spaced {
+        t.await.unwrap().unwrap();
+    }
+    let groups = a.batch_stats()["batches"].as_u64().unwrap() - before;
+    assert!(
+        groups <= 2,
+        "six spaced records took {groups} group commits"
+    );
+    a.close().await;
+    assert!(verify(a.db().unwrap(), &key(&dir).await)
+        .await
+        .unwrap()
+        .ok());
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! (`committer.rs`), which answers each caller once its group is durable.
 
 use crate::committer::{Committer, Job};
-use crate::db::{AuditDb, StoredRecord};
+use crate::db::{AuditDb, Columns};
 use crate::event::{Actor, AuditEvent};
 use crate::keys::SigningKey;
 use crate::mask::Masker;
@@ -233,11 +233,10 @@ impl Auditor {
             return Ok(0);
         };
         event.replica.clone_from(&inner.replica);
-        let value = serde_json::to_value(&event)
+        let body = crate::canon::encode(&event)
             .map_err(|e| AuditError::WriteFailed(format!("unencodable event: {e}")))?;
-        let columns = StoredRecord::columns_from_body(&value);
-        let body = crate::canon::canonical_json(&value);
-        let (done, answer) = oneshot::channel();
+        let columns = Columns::of(event);
+        let (done, answer) = crate::relay::channel();
         inner
             .tx
             .send(Job::Record {

@@ -69,14 +69,6 @@ enum AuditCmd {
     },
 }
 
-const OUTCOMES: &[&str] = &[
-    "success",
-    "tool_error",
-    "protocol_error",
-    "denied",
-    "cancelled",
-];
-
 pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
     let config = Config::load(&a.config)?;
     let data_dir = data_dir(&config);
@@ -134,8 +126,11 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             json,
         } => {
             if let Some(o) = &outcome {
-                if !OUTCOMES.contains(&o.as_str()) {
-                    bail!("--outcome must be one of {}", OUTCOMES.join(", "));
+                if !portcullis_audit::OUTCOMES.contains(&o.as_str()) {
+                    bail!(
+                        "--outcome must be one of {}",
+                        portcullis_audit::OUTCOMES.join(", ")
+                    );
                 }
             }
             let time = |t: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {

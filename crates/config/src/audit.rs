@@ -26,7 +26,9 @@ pub struct Audit {
     pub max_batch: usize,
     /// Under load (the previous group held more than one record), how long a
     /// group waits for companions before it is committed: fewer, larger
-    /// commits cost less per record. An idle gateway never waits.
+    /// commits cost less per record. The wait is an eighth of this per record
+    /// of the previous group, all of it from eight on; an idle gateway never
+    /// waits.
     pub commit_delay_us: u64,
     /// A signed checkpoint of the chain head is written at least this often...
     pub checkpoint_every_records: u64,
@@ -60,7 +62,7 @@ impl Default for Audit {
             sync: AuditSync::Full,
             write_timeout_ms: 5000,
             max_batch: 512,
-            commit_delay_us: 200,
+            commit_delay_us: 1000,
             checkpoint_every_records: 1000,
             checkpoint_interval_secs: 60,
             signing_key: None,

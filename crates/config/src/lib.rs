@@ -3,9 +3,11 @@
 //! This crate parses and validates the YAML: unknown keys are errors naming the line
 //! and key, references and exposed names are checked before anything starts. It does
 //! not start anything and does not persist anything (that is `portcullis-store`).
+//! `calendar` is the UTC date arithmetic the crates above share.
 
 mod audit;
 mod auth;
+pub mod calendar;
 mod model;
 mod policy;
 mod telemetry;

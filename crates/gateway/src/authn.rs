@@ -95,7 +95,7 @@ fn record_refusal(gw: &Gateway, req: &Request, vs: &str, why: &AuthFailure) {
     let actor = portcullis_audit::Actor {
         kind: "anonymous".into(),
         ip: peer(req).map(|ip| ip.to_string()),
-        user_agent: header(http::header::USER_AGENT),
+        user_agent: header(http::header::USER_AGENT).map(|v| v.chars().take(256).collect()),
         ..Default::default()
     };
     let event = portcullis_audit::AuditEvent::security(

@@ -541,19 +541,9 @@ impl RateLimiter {
     }
 }
 
-/// `YYYY-MM-DD` of a day number since 1970-01-01 (Howard Hinnant's
-/// civil_from_days; no date crate for one conversion).
+/// `YYYY-MM-DD` of a day number since 1970-01-01.
 pub fn day_label(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    portcullis_config::calendar::day_label(days)
 }
 
 /// "4 s", "2 min 5 s", "5 h 12 min".

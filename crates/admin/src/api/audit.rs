@@ -9,14 +9,6 @@ use http::StatusCode;
 use portcullis_audit::{parse_time, Actor, AuditDb, AuditEvent, Query};
 use serde_json::{json, Value};
 
-/// Outcome values a record can have (`outcome.status`).
-const OUTCOMES: &[&str] = &[
-    "success",
-    "tool_error",
-    "protocol_error",
-    "denied",
-    "cancelled",
-];
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 const PARAMS: &[&str] = &[
@@ -69,10 +61,10 @@ fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
     };
     let outcome = text("outcome")?;
     if let Some(o) = &outcome {
-        if !OUTCOMES.contains(&o.as_str()) {
+        if !portcullis_audit::OUTCOMES.contains(&o.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "outcome {o:?}: expected one of {}",
-                OUTCOMES.join(", ")
+                portcullis_audit::OUTCOMES.join(", ")
             )));
         }
     }

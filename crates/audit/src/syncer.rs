@@ -1,0 +1,119 @@
+//! The syncer: with `sync: full`, the thread that makes committed groups
+//! durable. The committer commits each group with SQLite's `synchronous =
+//! NORMAL` (its WAL frames reach the OS, not yet the disk) and hands it here;
+//! one `fdatasync` of the WAL then covers every group committed before it
+//! began. Callers are answered only after that, exactly as SQLite's own
+//! `synchronous = FULL` would, but the next group is inserted while this one
+//! is being flushed, so a call waits for about one flush instead of up to two.
+
+use crate::writer::Inner;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Weak;
+
+pub(crate) use crate::relay::Done;
+
+pub(crate) enum Flush {
+    /// A committed group: its first sequence number and its callers.
+    Group { first: i64, dones: Vec<Done> },
+    /// Flush what is written, then stop; answered when done.
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// Start the syncer for the database at `db_path`.
+pub(crate) fn start(db_path: &Path, inner: Weak<Inner>) -> std::io::Result<Sender<Flush>> {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("portcullis-audit-sync".into())
+        .spawn(move || run(wal, rx, inner))?;
+    Ok(tx)
+}
+
+fn run(wal: PathBuf, rx: Receiver<Flush>, inner: Weak<Inner>) {
+    let mut file = None;
+    while let Ok(first) = rx.recv() {
+        let mut groups = Vec::new();
+        let mut stop = None;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Flush::Group { first, dones } => groups.push((first, dones)),
+                Flush::Stop(s) => stop = Some(s),
+            }
+            if stop.is_none() {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = sync_wal(&wal, &mut file);
+        if let Err(e) = &result {
+            // Whatever the OS still holds may never reach the disk: the next
+            // flush starts from a freshly opened file.
+            file = None;
+            tracing::error!(error = %e, "audit log flush failed");
+        }
+        for (first, dones) in groups {
+            finish(&inner, result.clone().map(|()| first), dones);
+        }
+        if let Some(s) = stop {
+            let _ = s.send(());
+            return;
+        }
+    }
+}
+
+/// `fdatasync` the WAL, reopening it first if the file at its path is not the
+/// one held. SQLite replaces the WAL only when every connection has closed
+/// (the committer's stays open), but a flush of a stale file would lose
+/// durability silently, so the identity is checked on every flush.
+fn sync_wal(path: &Path, file: &mut Option<File>) -> Result<(), String> {
+    let current = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let same = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .is_some_and(|m| m.dev() == current.dev() && m.ino() == current.ino());
+    if !same {
+        *file = Some(File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    match file {
+        Some(f) => f
+            .sync_data()
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Err("audit WAL not open".into()),
+    }
+}
+
+/// Report a group's fate: health, statistics, the committed watch, and each
+/// caller's answer (its sequence number, or why its record was not kept).
+pub(crate) fn finish(inner: &Weak<Inner>, result: Result<i64, String>, dones: Vec<Done>) {
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let n = dones.len();
+    if n == 0 {
+        return;
+    }
+    match result {
+        Ok(first) => {
+            inner.healthy.store(true, Ordering::Relaxed);
+            inner.stats.observe(n);
+            if let Some(f) = inner.batch_observer.get() {
+                f(n, true);
+            }
+            let _ = inner.committed.send(first + n as i64 - 1);
+            crate::relay::answer_all(dones, |i| Ok(first + i as i64));
+        }
+        Err(text) => {
+            inner.healthy.store(false, Ordering::Relaxed);
+            if let Some(f) = inner.batch_observer.get() {
+                f(n, false);
+            }
+            crate::relay::answer_all(dones, |_| Err(text.clone()));
+        }
+    }
+}
