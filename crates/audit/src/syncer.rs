@@ -117,3 +117,34 @@ pub(crate) fn finish(inner: &Weak<Inner>, result: Result<i64, String>, dones: Ve
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_the_file_now_at_the_path_and_fails_without_one() {
+        let dir = std::env::temp_dir().join(format!("pc-syncer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wal = dir.join("audit.db-wal");
+        let _ = std::fs::remove_file(&wal);
+        let mut held = None;
+        assert!(sync_wal(&wal, &mut held).is_err(), "no WAL yet");
+        std::fs::write(&wal, b"one").unwrap();
+        sync_wal(&wal, &mut held).unwrap();
+        let first = held.as_ref().unwrap().metadata().unwrap().ino();
+        // Replaced (a new inode at the same path): the next flush must follow it.
+        std::fs::remove_file(&wal).unwrap();
+        std::fs::write(
+            dir.join("other"),
+            b"keeps the old inode number from being reused",
+        )
+        .unwrap();
+        std::fs::write(&wal, b"two").unwrap();
+        sync_wal(&wal, &mut held).unwrap();
+        let now = std::fs::metadata(&wal).unwrap().ino();
+        assert_eq!(held.as_ref().unwrap().metadata().unwrap().ino(), now);
+        assert_ne!(first, now);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

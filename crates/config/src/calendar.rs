@@ -38,27 +38,26 @@ pub fn day_label(days: i64) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
 pub fn rfc3339_seconds(secs: i64) -> String {
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        day_label(secs.div_euclid(86_400)),
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    format!("{}Z", date_and_time(secs))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` of Unix microseconds.
 pub fn rfc3339_micros(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
+    format!(
+        "{}.{:06}Z",
+        date_and_time(us.div_euclid(1_000_000)),
+        us.rem_euclid(1_000_000)
+    )
+}
+
+fn date_and_time(secs: i64) -> String {
     let rem = secs.rem_euclid(86_400);
     format!(
-        "{}T{:02}:{:02}:{:02}.{:06}Z",
+        "{}T{:02}:{:02}:{:02}",
         day_label(secs.div_euclid(86_400)),
         rem / 3_600,
         rem % 3_600 / 60,
-        rem % 60,
-        us.rem_euclid(1_000_000)
+        rem % 60
     )
 }
 
