@@ -91,6 +91,11 @@ impl Committer {
             // (see `syncer.rs`); SQLite itself never waits for the disk here.
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(db_err)?;
+            // Each group rewrites the same last pages of the table and its
+            // indexes into the WAL; checkpointing less often copies each of
+            // them back into the database once instead of many times.
+            conn.pragma_update(None, "wal_autocheckpoint", 8000)
+                .map_err(db_err)?;
             conn.set_prepared_statement_cache_capacity(8);
             self.conn = Some(conn);
         }
