@@ -7,8 +7,9 @@
 
 use crate::db::{Checkpoint, Columns};
 use crate::keys::{checkpoint_message, SigningKey};
-use crate::syncer::{finish, Done, Flush};
-use crate::writer::Inner;
+use crate::relay::Done;
+use crate::syncer::Flush;
+use crate::writer::{finish, Inner};
 use crate::AuditError;
 use portcullis_config::{Audit, AuditSync};
 use rusqlite::{params, Connection, TransactionBehavior};

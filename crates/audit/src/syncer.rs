@@ -6,15 +6,13 @@
 //! `synchronous = FULL` would, but the next group is inserted while this one
 //! is being flushed, so a call waits for about one flush instead of up to two.
 
-use crate::writer::Inner;
+use crate::relay::Done;
+use crate::writer::{finish, Inner};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Weak;
-
-pub(crate) use crate::relay::Done;
 
 pub(crate) enum Flush {
     /// A committed group: its first sequence number and its callers.
@@ -85,36 +83,6 @@ fn sync_wal(path: &Path, file: &mut Option<File>) -> Result<(), String> {
             .sync_data()
             .map_err(|e| format!("{}: {e}", path.display())),
         None => Err("audit WAL not open".into()),
-    }
-}
-
-/// Report a group's fate: health, statistics, the committed watch, and each
-/// caller's answer (its sequence number, or why its record was not kept).
-pub(crate) fn finish(inner: &Weak<Inner>, result: Result<i64, String>, dones: Vec<Done>) {
-    let Some(inner) = inner.upgrade() else {
-        return;
-    };
-    let n = dones.len();
-    if n == 0 {
-        return;
-    }
-    match result {
-        Ok(first) => {
-            inner.healthy.store(true, Ordering::Relaxed);
-            inner.stats.observe(n);
-            if let Some(f) = inner.batch_observer.get() {
-                f(n, true);
-            }
-            let _ = inner.committed.send(first + n as i64 - 1);
-            crate::relay::answer_all(dones, |i| Ok(first + i as i64));
-        }
-        Err(text) => {
-            inner.healthy.store(false, Ordering::Relaxed);
-            if let Some(f) = inner.batch_observer.get() {
-                f(n, false);
-            }
-            crate::relay::answer_all(dones, |_| Err(text.clone()));
-        }
     }
 }
 

@@ -319,3 +319,37 @@ fn default_replica() -> String {
         .unwrap_or_else(|| "gateway".into());
     format!("{host}/{}", std::process::id())
 }
+
+/// Report a group's fate: health, statistics, the committed watch, and each
+/// caller's answer (its sequence number, or why its record was not kept).
+pub(crate) fn finish(
+    inner: &std::sync::Weak<Inner>,
+    result: Result<i64, String>,
+    dones: Vec<crate::relay::Done>,
+) {
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let n = dones.len();
+    if n == 0 {
+        return;
+    }
+    match result {
+        Ok(first) => {
+            inner.healthy.store(true, Ordering::Relaxed);
+            inner.stats.observe(n);
+            if let Some(f) = inner.batch_observer.get() {
+                f(n, true);
+            }
+            let _ = inner.committed.send(first + n as i64 - 1);
+            crate::relay::answer_all(dones, |i| Ok(first + i as i64));
+        }
+        Err(text) => {
+            inner.healthy.store(false, Ordering::Relaxed);
+            if let Some(f) = inner.batch_observer.get() {
+                f(n, false);
+            }
+            crate::relay::answer_all(dones, |_| Err(text.clone()));
+        }
+    }
+}

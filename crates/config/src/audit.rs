@@ -184,6 +184,22 @@ struct RawSink {
     max_backlog: Option<u64>,
 }
 
+impl RawSink {
+    /// The keys that belong to one sink type or another, and whether each is set.
+    fn type_specific_keys(&self) -> [(&'static str, bool); 8] {
+        [
+            ("path", self.path.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("headers", self.headers.is_some()),
+            ("token", self.token.is_some()),
+            ("index", self.index.is_some()),
+            ("sourcetype", self.sourcetype.is_some()),
+            ("address", self.address.is_some()),
+            ("app_name", self.app_name.is_some()),
+        ]
+    }
+}
+
 impl TryFrom<RawSink> for Sink {
     type Error = String;
 
@@ -192,70 +208,51 @@ impl TryFrom<RawSink> for Sink {
         let required = |v: Option<String>, key: &str| {
             v.ok_or_else(|| format!("sink {name:?} of type {} needs `{key}`", r.kind))
         };
-        let mut extra: Vec<&str> = Vec::new();
-        let mut unused = |present: bool, key: &'static str| {
-            if present {
-                extra.push(key);
-            }
-        };
-        let kind = match r.kind.as_str() {
-            "file" => {
-                unused(r.endpoint.is_some(), "endpoint");
-                unused(r.headers.is_some(), "headers");
-                unused(r.token.is_some(), "token");
-                unused(r.index.is_some(), "index");
-                unused(r.sourcetype.is_some(), "sourcetype");
-                unused(r.address.is_some(), "address");
-                unused(r.app_name.is_some(), "app_name");
+        let (kind, applies): (SinkKind, &[&str]) = match r.kind.as_str() {
+            "file" => (
                 SinkKind::File {
                     path: r
                         .path
                         .clone()
                         .ok_or_else(|| format!("sink {name:?} of type file needs `path`"))?,
-                }
-            }
-            "otlp" => {
-                unused(r.path.is_some(), "path");
-                unused(r.token.is_some(), "token");
-                unused(r.index.is_some(), "index");
-                unused(r.sourcetype.is_some(), "sourcetype");
-                unused(r.address.is_some(), "address");
-                unused(r.app_name.is_some(), "app_name");
+                },
+                &["path"],
+            ),
+            "otlp" => (
                 SinkKind::Otlp {
                     endpoint: required(r.endpoint.clone(), "endpoint")?,
                     headers: r.headers.clone().unwrap_or_default(),
-                }
-            }
-            "splunk_hec" => {
-                unused(r.path.is_some(), "path");
-                unused(r.headers.is_some(), "headers");
-                unused(r.address.is_some(), "address");
-                unused(r.app_name.is_some(), "app_name");
+                },
+                &["endpoint", "headers"],
+            ),
+            "splunk_hec" => (
                 SinkKind::SplunkHec {
                     endpoint: required(r.endpoint.clone(), "endpoint")?,
                     token: required(r.token.clone(), "token")?,
                     index: r.index.clone(),
                     sourcetype: r.sourcetype.clone(),
-                }
-            }
-            "syslog" => {
-                unused(r.path.is_some(), "path");
-                unused(r.endpoint.is_some(), "endpoint");
-                unused(r.headers.is_some(), "headers");
-                unused(r.token.is_some(), "token");
-                unused(r.index.is_some(), "index");
-                unused(r.sourcetype.is_some(), "sourcetype");
+                },
+                &["endpoint", "token", "index", "sourcetype"],
+            ),
+            "syslog" => (
                 SinkKind::Syslog {
                     address: required(r.address.clone(), "address")?,
                     app_name: r.app_name.clone().unwrap_or_else(default_app_name),
-                }
-            }
+                },
+                &["address", "app_name"],
+            ),
             other => {
                 return Err(format!(
                     "sink {name:?}: unknown type {other:?} (file, otlp, splunk_hec, syslog)"
                 ))
             }
         };
+        let extra: Vec<&str> = r
+            .type_specific_keys()
+            .into_iter()
+            .filter(|(key, present)| *present && !applies.contains(key))
+            .map(|(key, _)| key)
+            .collect();
         if !extra.is_empty() {
             return Err(format!(
                 "sink {name:?} of type {}: `{}` does not apply",
