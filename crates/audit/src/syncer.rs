@@ -28,7 +28,7 @@ pub(crate) fn start(db_path: &Path, inner: Weak<Inner>) -> std::io::Result<Sende
     let wal = PathBuf::from(wal);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("portcullis-audit-sync".into())
+        .name("audit-sync".into())
         .spawn(move || run(wal, rx, inner))?;
     Ok(tx)
 }

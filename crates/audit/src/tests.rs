@@ -428,3 +428,29 @@ fn every_secret_shape_compiles() {
     let m = Masker::new(&[], vec![]);
     assert_eq!(m.shape_count(), mask::SHAPE_COUNT);
 }
+
+/// The committer runs as `SCHED_BATCH` so that it never preempts a server
+/// thread on wake-up (see `committer::batch_scheduling`).
+#[tokio::test]
+async fn the_committer_thread_runs_with_batch_scheduling() {
+    let dir = temp_dir("sched");
+    let a = Auditor::open(&Audit::default(), &dir).await.unwrap();
+    // The thread is named `audit-commit` at spawn; its policy is set first thing in `run`,
+    // before it takes any record, so once a record is committed it is set.
+    a.record(call("alice", "echo", json!({}))).await.unwrap();
+    let committers: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == "audit-commit").then(|| t.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    assert!(!committers.is_empty(), "no committer thread found");
+    for tid in committers {
+        // SAFETY: a read-only query of a thread of this process.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        assert_eq!(policy, libc::SCHED_BATCH, "committer thread {tid}");
+    }
+    a.close().await;
+}

@@ -152,7 +152,7 @@ impl Auditor {
             (head_seq - last_checkpoint).max(0) as u64,
         )?;
         std::thread::Builder::new()
-            .name("portcullis-audit".into())
+            .name("audit-commit".into())
             .spawn(move || committer.run(rx))?;
         let auditor = Auditor { inner: Some(inner) };
         if !announce {
