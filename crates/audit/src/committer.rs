@@ -348,7 +348,9 @@ impl Committer {
 /// at 64 connections: groups grew from ~13 to ~35 records and the added CPU
 /// per call fell from ~30 to ~10 µs (`docs/performance.md`). On a machine
 /// with an idle core it changes nothing: the thread is placed there at once.
-/// A refusal (a sandbox forbidding it) only loses that gain.
+/// A refusal (a sandbox forbidding it) only loses that gain, as does an
+/// operating system without the policy.
+#[cfg(target_os = "linux")]
 fn batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: plain system call on the calling thread with a valid parameter.
@@ -357,6 +359,9 @@ fn batch_scheduling() {
         tracing::debug!(error = %std::io::Error::last_os_error(), "audit committer keeps the normal scheduling policy");
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn batch_scheduling() {}
 
 fn sign(key: &SigningKey, seq: i64, hash: &str) -> Checkpoint {
     let time_us = crate::clock::now_us();

@@ -431,6 +431,7 @@ fn every_secret_shape_compiles() {
 
 /// The committer runs as `SCHED_BATCH` so that it never preempts a server
 /// thread on wake-up (see `committer::batch_scheduling`).
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_committer_thread_runs_with_batch_scheduling() {
     let dir = temp_dir("sched");
