@@ -346,7 +346,7 @@ impl Committer {
 /// server thread yields and commits everything queued by then, instead of
 /// interrupting the servers for every small group. Measured on the 2-core VM
 /// at 64 connections: groups grew from ~13 to ~35 records and the added CPU
-/// per call fell from ~30 to ~10 µs (`docs/performance.md`). On a machine
+/// per call fell from ~30 to ~10 µs (`docs/performance-audit.md`). On a machine
 /// with an idle core it changes nothing: the thread is placed there at once.
 /// A refusal (a sandbox forbidding it) only loses that gain, as does an
 /// operating system without the policy.
