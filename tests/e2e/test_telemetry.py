@@ -410,6 +410,13 @@ def test_metrics_count_calls_errors_and_denials(env: Env) -> None:
                  gen_ai_tool_name="echo", gen_ai_prompt_name="") == 2
     assert sample(after, "portcullis_upstream_up", upstream="tiny") == 1
     assert sample(after, "portcullis_upstream_errors_total", upstream="tiny") == 0
+    # Each call's record is durable (and counted) before its answer is sent.
+    assert delta("portcullis_audit_wait_seconds_count") >= 3
+    assert delta("portcullis_audit_batch_size_sum") >= 3
+    assert sample(after, "portcullis_audit_wait_seconds_bucket", le="+Inf") \
+        == sample(after, "portcullis_audit_wait_seconds_count")
+    assert sample(after, "portcullis_audit_wait_seconds_sum") > 0
+    assert sample(after, "portcullis_audit_healthy") == 1
 
 
 def test_metrics_need_an_admin_token_on_the_main_listener(env: Env) -> None:

@@ -36,7 +36,7 @@ pub use mask::Masker;
 pub use retention::{prune, PruneReport};
 pub use search::Query;
 pub use verify::{verify, Problem, VerifyReport};
-pub use writer::{Auditor, BatchStats};
+pub use writer::{Auditor, BatchStats, GroupCommit};
 
 /// Hash a chained record: the previous hash, the sequence number and the
 /// canonical body, so neither content nor position can change unnoticed.

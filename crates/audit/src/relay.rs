@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{oneshot, Notify};
 
@@ -21,6 +22,15 @@ type Queued = Vec<(oneshot::Sender<Answer>, Answer)>;
 pub(crate) struct Done {
     tx: oneshot::Sender<Answer>,
     relay: Option<Arc<Relay>>,
+    /// When the record was handed to the writer.
+    queued: Instant,
+}
+
+impl Done {
+    /// How long the caller has waited for its record so far.
+    pub(crate) fn waited(&self) -> Duration {
+        self.queued.elapsed()
+    }
 }
 
 pub(crate) struct Relay {
@@ -41,6 +51,7 @@ pub(crate) fn channel() -> (Done, oneshot::Receiver<Answer>) {
         Done {
             tx,
             relay: local_relay(),
+            queued: Instant::now(),
         },
         rx,
     )

@@ -1,6 +1,8 @@
 use super::*;
 use portcullis_config::Audit;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -346,6 +348,56 @@ async fn concurrent_records_group_commit_and_search() {
     assert!(none.is_empty());
     a.close().await;
     assert!(verify(&db, &key(&dir).await).await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn observers_see_each_group_and_every_callers_wait() {
+    let dir = temp_dir("waits");
+    let a = open(&dir).await;
+    type Seen = Vec<(usize, bool, Vec<Duration>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    a.observe_batches(move |g| {
+        sink.lock()
+            .unwrap()
+            .push((g.records, g.written, g.waits.to_vec()));
+    });
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            a.record(call("alice", "echo", json!({"i": i})))
+                .await
+                .unwrap();
+            start.elapsed()
+        }));
+    }
+    let mut longest_call = Duration::ZERO;
+    for t in tasks {
+        longest_call = longest_call.max(t.await.unwrap());
+    }
+    let groups = seen.lock().unwrap().clone();
+    assert_eq!(groups.iter().map(|g| g.0).sum::<usize>(), 50);
+    for (records, written, waits) in &groups {
+        assert!(*written);
+        assert_eq!(waits.len(), *records, "one wait per caller");
+        // A wait is measured inside the caller's own call, so none can exceed it.
+        assert!(waits
+            .iter()
+            .all(|w| *w > Duration::ZERO && *w <= longest_call));
+    }
+    // The statistics count the opening record as well.
+    let stats = a.batch_stats();
+    let waited: u64 = stats["wait_histogram_us"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(waited, 51);
+    assert!(stats["wait_mean_us"].as_f64().unwrap() > 0.0);
+    a.close().await;
 }
 
 #[tokio::test]

@@ -17,11 +17,36 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
-/// Told each group commit's size and whether it succeeded.
-pub(crate) type BatchObserver = Box<dyn Fn(usize, bool) + Send + Sync>;
+/// Told of each group commit (for metrics).
+pub(crate) type BatchObserver = Box<dyn Fn(&GroupCommit<'_>) + Send + Sync>;
+
+/// One group commit, as observers see it.
+pub struct GroupCommit<'a> {
+    /// Records in the group.
+    pub records: usize,
+    /// Whether the group was written (durably, with `sync: full`).
+    pub written: bool,
+    /// For a written group, how long each of its callers waited from handing
+    /// its record over until the record was durable; empty otherwise.
+    pub waits: &'a [Duration],
+}
 
 /// Upper bounds of the batch-size histogram buckets.
 const BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 64, 256, usize::MAX];
+
+/// Upper bounds (µs) of the wait histogram buckets: how long callers waited
+/// for their record to be durable.
+const WAIT_BUCKETS_US: [u64; 9] = [
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    100_000,
+    u64::MAX,
+];
 
 /// Handle to the audit log; cheap to clone. A disabled auditor accepts and
 /// drops everything.
@@ -45,26 +70,40 @@ pub(crate) struct Inner {
     announce: bool,
 }
 
-/// Group commit sizes seen so far.
+/// Group commit sizes, and how long callers waited for durability, so far.
 #[derive(Default)]
 pub struct BatchStats {
     batches: AtomicU64,
     records: AtomicU64,
     largest: AtomicU64,
     buckets: [AtomicU64; 8],
+    waited: AtomicU64,
+    wait_sum_us: AtomicU64,
+    wait_buckets: [AtomicU64; 9],
 }
 
 impl BatchStats {
-    pub(crate) fn observe(&self, n: usize) {
+    pub(crate) fn observe(&self, n: usize, waits: &[Duration]) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(n as u64, Ordering::Relaxed);
         self.largest.fetch_max(n as u64, Ordering::Relaxed);
         if let Some(i) = BUCKETS.iter().position(|b| n <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
+        let mut sum = 0;
+        for w in waits {
+            let us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
+            sum += us.min(u64::MAX / 1_000_000);
+            if let Some(i) = WAIT_BUCKETS_US.iter().position(|b| us <= *b) {
+                self.wait_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.waited.fetch_add(waits.len() as u64, Ordering::Relaxed);
+        self.wait_sum_us.fetch_add(sum, Ordering::Relaxed);
     }
 
-    /// `{batches, records, mean, largest, histogram: {"<=1": n, …}}`.
+    /// `{batches, records, mean, largest, histogram: {"<=1": n, …},
+    /// wait_mean_us, wait_histogram_us: {"<=250": n, …}}`.
     pub fn snapshot(&self) -> serde_json::Value {
         let batches = self.batches.load(Ordering::Relaxed);
         let records = self.records.load(Ordering::Relaxed);
@@ -77,12 +116,25 @@ impl BatchStats {
             };
             hist.insert(label, json!(self.buckets[i].load(Ordering::Relaxed)));
         }
+        let mut waits = serde_json::Map::new();
+        for (i, b) in WAIT_BUCKETS_US.iter().enumerate() {
+            let label = if *b == u64::MAX {
+                ">100000".to_owned()
+            } else {
+                format!("<={b}")
+            };
+            waits.insert(label, json!(self.wait_buckets[i].load(Ordering::Relaxed)));
+        }
+        let waited = self.waited.load(Ordering::Relaxed);
+        let wait_sum = self.wait_sum_us.load(Ordering::Relaxed);
         json!({
             "batches": batches,
             "records": records,
             "mean": if batches == 0 { 0.0 } else { records as f64 / batches as f64 },
             "largest": self.largest.load(Ordering::Relaxed),
             "histogram": hist,
+            "wait_mean_us": if waited == 0 { 0.0 } else { wait_sum as f64 / waited as f64 },
+            "wait_histogram_us": waits,
         })
     }
 }
@@ -212,9 +264,9 @@ impl Auditor {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// Called with each group commit's size and whether it was written (for
-    /// metrics).
-    pub fn observe_batches(&self, f: impl Fn(usize, bool) + Send + Sync + 'static) {
+    /// Called with each group commit: its size, whether it was written, and
+    /// how long its callers waited (for metrics).
+    pub fn observe_batches(&self, f: impl Fn(&GroupCommit<'_>) + Send + Sync + 'static) {
         if let Some(i) = &self.inner {
             let _ = i.batch_observer.set(Box::new(f));
         }
@@ -337,9 +389,14 @@ pub(crate) fn finish(
     match result {
         Ok(first) => {
             inner.healthy.store(true, Ordering::Relaxed);
-            inner.stats.observe(n);
+            let waits: Vec<Duration> = dones.iter().map(|d| d.waited()).collect();
+            inner.stats.observe(n, &waits);
             if let Some(f) = inner.batch_observer.get() {
-                f(n, true);
+                f(&GroupCommit {
+                    records: n,
+                    written: true,
+                    waits: &waits,
+                });
             }
             let _ = inner.committed.send(first + n as i64 - 1);
             crate::relay::answer_all(dones, |i| Ok(first + i as i64));
@@ -347,7 +404,11 @@ pub(crate) fn finish(
         Err(text) => {
             inner.healthy.store(false, Ordering::Relaxed);
             if let Some(f) = inner.batch_observer.get() {
-                f(n, false);
+                f(&GroupCommit {
+                    records: n,
+                    written: false,
+                    waits: &[],
+                });
             }
             crate::relay::answer_all(dones, |_| Err(text.clone()));
         }

@@ -158,6 +158,12 @@ pub fn render_batches(all: &[Batches]) -> String {
                     b.label, s.records, s.batches, s.mean, s.largest
                 ));
                 out.push_str(&format!("    histogram: {}\n", s.histogram_text()));
+                if let Some(mean) = s.wait_mean_us {
+                    out.push_str(&format!(
+                        "    wait for a durable record: mean {mean:.0} us; {}\n",
+                        s.wait_text()
+                    ));
+                }
             }
         }
     }

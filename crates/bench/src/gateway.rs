@@ -379,6 +379,11 @@ pub struct BatchStats {
     pub largest: u64,
     /// `("<=1", n), ("<=2", n), …, (">256", n)`, smallest bucket first.
     pub histogram: Vec<(String, u64)>,
+    /// Mean wait of a caller for its record to be durable (µs), when the
+    /// gateway reports it.
+    pub wait_mean_us: Option<f64>,
+    /// `("<=250", n), …, (">100000", n)` in µs; empty when not reported.
+    pub wait_histogram: Vec<(String, u64)>,
 }
 
 impl BatchStats {
@@ -411,19 +416,7 @@ impl BatchStats {
                 .and_then(serde_json::Value::as_u64)
                 .with_context(|| format!("batches.{key} is missing or not a count"))
         };
-        let mut histogram = value
-            .get("histogram")
-            .and_then(serde_json::Value::as_object)
-            .context("batches.histogram is missing")?
-            .iter()
-            .map(|(k, v)| {
-                let n = v
-                    .as_u64()
-                    .with_context(|| format!("histogram bucket {k} is not a count"))?;
-                Ok((k.clone(), n))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        histogram.sort_by(|a, b| bucket_bound(&a.0).total_cmp(&bucket_bound(&b.0)));
+        let histogram = buckets(&value, "histogram")?.context("batches.histogram is missing")?;
         Ok(BatchStats {
             batches: count("batches")?,
             records: count("records")?,
@@ -433,34 +426,67 @@ impl BatchStats {
                 .context("batches.mean is missing")?,
             largest: count("largest")?,
             histogram,
+            wait_mean_us: value
+                .get("wait_mean_us")
+                .and_then(serde_json::Value::as_f64),
+            wait_histogram: buckets(&value, "wait_histogram_us")?.unwrap_or_default(),
         })
     }
 
     /// `<=1: 5012, <=2: 40, …` (empty buckets left out).
     pub fn histogram_text(&self) -> String {
-        let parts: Vec<String> = self
-            .histogram
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("{k}: {n}"))
-            .collect();
-        if parts.is_empty() {
-            "(no batches)".into()
-        } else {
-            parts.join(", ")
-        }
+        buckets_text(&self.histogram)
+    }
+
+    /// The wait histogram, as `histogram_text` (µs bounds).
+    pub fn wait_text(&self) -> String {
+        buckets_text(&self.wait_histogram)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let hist: serde_json::Map<String, serde_json::Value> = self
-            .histogram
-            .iter()
-            .map(|(k, n)| (k.clone(), (*n).into()))
-            .collect();
+        let map = |b: &[(String, u64)]| -> serde_json::Map<String, serde_json::Value> {
+            b.iter().map(|(k, n)| (k.clone(), (*n).into())).collect()
+        };
         serde_json::json!({
             "batches": self.batches, "records": self.records, "mean": self.mean,
-            "largest": self.largest, "histogram": hist,
+            "largest": self.largest, "histogram": map(&self.histogram),
+            "wait_mean_us": self.wait_mean_us, "wait_histogram_us": map(&self.wait_histogram),
         })
+    }
+}
+
+/// The buckets of the histogram under `key`, smallest first; `None` when the
+/// key is absent.
+fn buckets(value: &serde_json::Value, key: &str) -> Result<Option<Vec<(String, u64)>>> {
+    let Some(map) = value.get(key) else {
+        return Ok(None);
+    };
+    let mut out = map
+        .as_object()
+        .with_context(|| format!("batches.{key} is not a map"))?
+        .iter()
+        .map(|(k, v)| {
+            let n = v
+                .as_u64()
+                .with_context(|| format!("{key} bucket {k} is not a count"))?;
+            Ok((k.clone(), n))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_by(|a, b| bucket_bound(&a.0).total_cmp(&bucket_bound(&b.0)));
+    Ok(Some(out))
+}
+
+/// `<=1: 5012, <=2: 40, …` (empty buckets left out).
+fn buckets_text(buckets: &[(String, u64)]) -> String {
+    let parts: Vec<String> = buckets
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    if parts.is_empty() {
+        "(none)".into()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -539,6 +565,16 @@ mod tests {
         assert_eq!(counts, [725, 106, 202, 221, 0, 0, 0, 0]);
         assert_eq!(s.histogram_text(), "<=1: 725, <=2: 106, <=4: 202, <=8: 221");
         assert_eq!(s.to_json()["histogram"]["<=8"], 221);
+        // A gateway from before the wait figures: none, and no error.
+        assert_eq!((s.wait_mean_us, s.wait_histogram.len()), (None, 0));
+        let with_waits = CLOSED.replace(
+            "}}",
+            "},\"wait_mean_us\":2950.5,\"wait_histogram_us\":{\">100000\":1,\"<=250\":0,\"<=2500\":30,\"<=5000\":3000}}",
+        );
+        let w = BatchStats::from_log(&with_waits).expect("with waits");
+        assert_eq!(w.wait_mean_us, Some(2950.5));
+        assert_eq!(w.wait_text(), "<=2500: 30, <=5000: 3000, >100000: 1");
+        assert_eq!(w.to_json()["wait_histogram_us"]["<=5000"], 3000);
         // Buckets in another order (a JSON map without preserved order).
         let shuffled = CLOSED.replace("\"<=1\":725,\"<=2\":106,", "\"<=2\":106,\"<=1\":725,");
         assert_eq!(BatchStats::from_log(&shuffled).expect("shuffled"), s);

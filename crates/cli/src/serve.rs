@@ -85,11 +85,14 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     if auditor.enabled() {
         let metrics = telemetry.metrics().clone();
         metrics.set_audit_healthy(true);
-        auditor.observe_batches(move |n, ok| {
-            if ok {
-                metrics.observe_audit_batch(n);
+        auditor.observe_batches(move |group| {
+            if group.written {
+                metrics.observe_audit_batch(group.records);
+                for wait in group.waits {
+                    metrics.observe_audit_wait(*wait);
+                }
             }
-            metrics.set_audit_healthy(ok);
+            metrics.set_audit_healthy(group.written);
         });
         let a = auditor.clone();
         telemetry.readiness().add_sync_check("audit", move || {

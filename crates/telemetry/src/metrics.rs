@@ -29,6 +29,11 @@ pub const LATENCY_BOUNDS: [f64; 16] = [
 const AUDIT_BATCH_BOUNDS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+/// Bounds (seconds) of the wait for a durable audit record: a group commit
+/// takes a fraction of a millisecond to tens of milliseconds.
+const AUDIT_WAIT_BOUNDS: [f64; 11] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// MCP methods get their own label value; anything else is `other` (the
 /// method comes from the client, so it must not mint series).
@@ -231,6 +236,7 @@ pub struct Metrics {
     denials: Family<4, AtomicU64>,
     upstreams: BTreeMap<String, Arc<UpstreamHealth>>,
     audit_batches: Histogram<12>,
+    audit_waits: Histogram<12>,
     /// 0 unknown, 1 healthy, 2 failing.
     audit_healthy: AtomicU8,
     pub(crate) alerts_firing: Mutex<Vec<(String, String, String)>>,
@@ -258,6 +264,7 @@ impl Metrics {
                 .map(|u| (u.to_owned(), Arc::default()))
                 .collect(),
             audit_batches: Histogram::new(&AUDIT_BATCH_BOUNDS),
+            audit_waits: Histogram::new(&AUDIT_WAIT_BOUNDS),
             audit_healthy: AtomicU8::new(0),
             alerts_firing: Mutex::new(Vec::new()),
             webhook_failures: AtomicU64::new(0),
@@ -292,6 +299,12 @@ impl Metrics {
     /// Count one audit group commit of `size` records.
     pub fn observe_audit_batch(&self, size: usize) {
         self.audit_batches.observe(size as f64, size as u64);
+    }
+
+    /// Count one caller's wait for its audit record to become durable.
+    pub fn observe_audit_wait(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.audit_waits.observe(wait.as_secs_f64(), us);
     }
 
     /// Whether the audit writer is currently able to write.
@@ -465,6 +478,20 @@ impl Metrics {
             &self.audit_batches.counts(),
             self.audit_batches.sum.load(Relaxed) as f64,
         );
+        header(
+            &mut out,
+            "portcullis_audit_wait_seconds",
+            "histogram",
+            "Time from handing an audit record to the writer until it is durable: what audit adds to a call.",
+        );
+        write_histogram(
+            &mut out,
+            "portcullis_audit_wait_seconds",
+            "",
+            &AUDIT_WAIT_BOUNDS,
+            &self.audit_waits.counts(),
+            self.audit_waits.sum.load(Relaxed) as f64 / 1e6,
+        );
         let audit = self.audit_healthy.load(Relaxed);
         if audit != 0 {
             header(
@@ -622,6 +649,8 @@ mod tests {
         m.upstream("files").expect("configured").record(false);
         m.upstream("files").expect("configured").record(true);
         m.observe_audit_batch(3);
+        m.observe_audit_wait(Duration::from_micros(700));
+        m.observe_audit_wait(Duration::from_micros(3_000));
         m.set_audit_healthy(true);
         let text = m.render();
         let has = |line: &str| text.lines().any(|l| l == line);
@@ -665,6 +694,13 @@ mod tests {
             r#"portcullis_upstream_errors_total{upstream="idle"} 0"#
         ));
         assert!(has(r#"portcullis_audit_batch_size_bucket{le="4"} 1"#));
+        assert!(has(
+            r#"portcullis_audit_wait_seconds_bucket{le="0.0005"} 0"#
+        ));
+        assert!(has(r#"portcullis_audit_wait_seconds_bucket{le="0.001"} 1"#));
+        assert!(has(r#"portcullis_audit_wait_seconds_bucket{le="0.005"} 2"#));
+        assert!(has("portcullis_audit_wait_seconds_sum 0.0037"));
+        assert!(has("portcullis_audit_wait_seconds_count 2"));
         assert!(has("portcullis_audit_healthy 1"));
         // Every sample line belongs to a family announced by # TYPE.
         let mut typed = std::collections::HashSet::new();
