@@ -37,6 +37,9 @@ pub(crate) struct Committer {
     path: PathBuf,
     /// Makes committed groups durable (`sync: full`); `None` with `sync: normal`.
     syncer: Option<std::sync::mpsc::Sender<Flush>>,
+    /// Keeps the WAL checkpointer running (`walcheck.rs`); it stops when this
+    /// is dropped with the committer.
+    _wal_checkpointer: std::sync::mpsc::Sender<()>,
     busy: Duration,
     conn: Option<Connection>,
     key: SigningKey,
@@ -66,6 +69,7 @@ impl Committer {
                 AuditSync::Full => Some(crate::syncer::start(path, inner.clone())?),
                 AuditSync::Normal => None,
             },
+            _wal_checkpointer: crate::walcheck::start(path, busy, inner.clone())?,
             busy,
             conn: None,
             key,
@@ -92,10 +96,10 @@ impl Committer {
             // (see `syncer.rs`); SQLite itself never waits for the disk here.
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(db_err)?;
-            // Each group rewrites the same last pages of the table and its
-            // indexes into the WAL; checkpointing less often copies each of
-            // them back into the database once instead of many times.
-            conn.pragma_update(None, "wal_autocheckpoint", 8000)
+            // The checkpointer thread copies the WAL back into the database
+            // as it goes (`walcheck.rs`); this connection's own automatic
+            // checkpoint, rare and then short, restarts the WAL.
+            conn.pragma_update(None, "wal_autocheckpoint", crate::walcheck::COMMITTER_PAGES)
                 .map_err(db_err)?;
             conn.set_prepared_statement_cache_capacity(8);
             self.conn = Some(conn);

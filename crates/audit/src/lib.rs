@@ -25,6 +25,7 @@ mod search;
 pub mod sinks;
 mod syncer;
 mod verify;
+mod walcheck;
 mod writer;
 
 pub use canon::canonical_json;

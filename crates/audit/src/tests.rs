@@ -401,6 +401,56 @@ async fn observers_see_each_group_and_every_callers_wait() {
 }
 
 #[tokio::test]
+async fn the_wal_is_copied_into_the_database_while_the_log_is_open() {
+    let dir = temp_dir("walcheck");
+    let a = open(&dir).await;
+    let db_file = dir.join("audit.db");
+    let before = std::fs::metadata(&db_file).unwrap().len();
+    // ~3,000 records of ~1 KiB: about 1,000 WAL pages, far below the
+    // committer's own checkpoint threshold, so only the checkpointer can have
+    // copied them into the database file.
+    let filler = "x".repeat(300);
+    for chunk in 0..30 {
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let a = a.clone();
+            let args = json!({"i": chunk * 100 + i, "text": filler});
+            tasks.push(tokio::spawn(async move {
+                a.record(call("alice", "echo", args)).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    let mut grown = 0;
+    for _ in 0..400 {
+        grown = std::fs::metadata(&db_file).unwrap().len();
+        if grown > before + 2_000_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        grown > before + 2_000_000,
+        "database file {before} -> {grown} bytes: the WAL was not checkpointed"
+    );
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if std::path::Path::new("/proc/self/task").exists() {
+        assert!(names.iter().any(|n| n == "audit-wal"), "{names:?}");
+    }
+    let db = a.db().unwrap().clone();
+    a.close().await;
+    assert!(verify(&db, &key(&dir).await).await.unwrap().ok());
+}
+
+#[tokio::test]
 async fn under_load_a_group_waits_commit_delay_for_companions() {
     let dir = temp_dir("delay");
     let config = Audit {

@@ -398,7 +398,9 @@ pub(crate) fn finish(
                     waits: &waits,
                 });
             }
-            let _ = inner.committed.send(first + n as i64 - 1);
+            // `send_replace`: the head must move even while no sink is subscribed
+            // (the WAL checkpointer reads it too).
+            inner.committed.send_replace(first + n as i64 - 1);
             crate::relay::answer_all(dones, |i| Ok(first + i as i64));
         }
         Err(text) => {
