@@ -396,6 +396,14 @@ async fn observers_see_each_group_and_every_callers_wait() {
         .map(|n| n.as_u64().unwrap())
         .sum();
     assert_eq!(waited, 51);
+    for (histogram, label) in [
+        ("histogram", "<=1"),
+        ("histogram", ">256"),
+        ("wait_histogram_us", "<=250"),
+        ("wait_histogram_us", ">100000"),
+    ] {
+        assert!(stats[histogram].get(label).is_some(), "{histogram} {label}");
+    }
     assert!(stats["wait_mean_us"].as_f64().unwrap() > 0.0);
     a.close().await;
 }

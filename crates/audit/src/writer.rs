@@ -32,7 +32,7 @@ pub struct GroupCommit<'a> {
 }
 
 /// Upper bounds of the batch-size histogram buckets.
-const BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 64, 256, usize::MAX];
+const BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 64, 256, u64::MAX];
 
 /// Upper bounds (µs) of the wait histogram buckets: how long callers waited
 /// for their record to be durable.
@@ -87,7 +87,7 @@ impl BatchStats {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(n as u64, Ordering::Relaxed);
         self.largest.fetch_max(n as u64, Ordering::Relaxed);
-        if let Some(i) = BUCKETS.iter().position(|b| n <= *b) {
+        if let Some(i) = BUCKETS.iter().position(|b| n as u64 <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         let mut sum = 0;
@@ -107,24 +107,8 @@ impl BatchStats {
     pub fn snapshot(&self) -> serde_json::Value {
         let batches = self.batches.load(Ordering::Relaxed);
         let records = self.records.load(Ordering::Relaxed);
-        let mut hist = serde_json::Map::new();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let label = if *b == usize::MAX {
-                ">256".to_owned()
-            } else {
-                format!("<={b}")
-            };
-            hist.insert(label, json!(self.buckets[i].load(Ordering::Relaxed)));
-        }
-        let mut waits = serde_json::Map::new();
-        for (i, b) in WAIT_BUCKETS_US.iter().enumerate() {
-            let label = if *b == u64::MAX {
-                ">100000".to_owned()
-            } else {
-                format!("<={b}")
-            };
-            waits.insert(label, json!(self.wait_buckets[i].load(Ordering::Relaxed)));
-        }
+        let hist = labelled(&BUCKETS, &self.buckets);
+        let waits = labelled(&WAIT_BUCKETS_US, &self.wait_buckets);
         let waited = self.waited.load(Ordering::Relaxed);
         let wait_sum = self.wait_sum_us.load(Ordering::Relaxed);
         json!({
@@ -137,6 +121,23 @@ impl BatchStats {
             "wait_histogram_us": waits,
         })
     }
+}
+
+/// Histogram buckets as `{"<=b": n, …, ">last": n}`; the final bound is
+/// `u64::MAX`.
+fn labelled(bounds: &[u64], counts: &[AtomicU64]) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    let mut previous = 0;
+    for (b, n) in bounds.iter().zip(counts) {
+        let label = if *b == u64::MAX {
+            format!(">{previous}")
+        } else {
+            format!("<={b}")
+        };
+        out.insert(label, json!(n.load(Ordering::Relaxed)));
+        previous = *b;
+    }
+    out
 }
 
 impl Auditor {
