@@ -86,13 +86,13 @@ fn checkpoint(
     busy: Duration,
     conn: &mut Option<Connection>,
 ) -> rusqlite::Result<bool> {
-    if conn.is_none() {
-        let c = Connection::open(path)?;
-        c.busy_timeout(busy)?;
-        *conn = Some(c);
-    }
-    let Some(c) = conn.as_ref() else {
-        return Ok(false);
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let c = Connection::open(path)?;
+            c.busy_timeout(busy)?;
+            conn.insert(c)
+        }
     };
     for _ in 0..PASSES {
         // (blocked, frames in the WAL, frames copied into the database)

@@ -90,10 +90,10 @@ impl BatchStats {
         if let Some(i) = BUCKETS.iter().position(|b| n as u64 <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        let mut sum = 0;
+        let mut sum: u64 = 0;
         for w in waits {
             let us = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
-            sum += us.min(u64::MAX / 1_000_000);
+            sum = sum.saturating_add(us);
             if let Some(i) = WAIT_BUCKETS_US.iter().position(|b| us <= *b) {
                 self.wait_buckets[i].fetch_add(1, Ordering::Relaxed);
             }
