@@ -309,6 +309,10 @@ def test_kill_9_under_load_loses_no_answered_call() -> None:
             assert wait_until(lambda: _healthy(gw.base), timeout=30)
         finally:
             stop(again)
+        assert again.returncode == 0, f"the restarted gateway did not stop cleanly: {again.returncode}"
+        # A clean stop copies the WAL into the database and removes it: the log is one file.
+        wal = gw.data_dir / "audit.db-wal"
+        assert not wal.exists(), f"a cleanly stopped gateway left its audit WAL ({wal.stat().st_size} bytes)"
         with sqlite3.connect(gw.data_dir / "audit.db") as c:
             bodies = "\n".join(r[0] for r in c.execute(
                 "SELECT body FROM audit_records WHERE event_type = 'mcp.request'").fetchall())

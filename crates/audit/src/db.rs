@@ -199,6 +199,14 @@ impl AuditDb {
         &self.pool
     }
 
+    /// Close the readers' connections, waiting for those in use. Once the
+    /// log's writer is closed too (`Auditor::close`), the last connection to
+    /// close copies the WAL into the database and deletes it, so a cleanly
+    /// stopped gateway leaves one self-contained file behind.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

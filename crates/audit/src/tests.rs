@@ -566,3 +566,29 @@ async fn the_committer_thread_runs_with_batch_scheduling() {
     }
     a.close().await;
 }
+
+#[tokio::test]
+async fn a_closed_log_is_one_file_with_no_wal_left_behind() {
+    let dir = temp_dir("closed");
+    let a = open(&dir).await;
+    for i in 0..50 {
+        a.record(call("alice", "echo", json!({"i": i})))
+            .await
+            .unwrap();
+    }
+    let wal = dir.join("audit.db-wal");
+    assert!(wal.exists(), "the log is written through a WAL");
+    a.close_and_release().await;
+    assert!(
+        !wal.exists(),
+        "a cleanly closed log left its WAL ({} bytes) behind",
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
+    );
+    // Everything is in the database file itself, sealed and verifiable.
+    let db = AuditDb::open_existing(&dir.join("audit.db")).await.unwrap();
+    let report = verify(&db, &key(&dir).await).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.records, 52, "started + 50 calls + stopped");
+    db.close().await;
+    assert!(!wal.exists(), "reading the closed log left a WAL behind");
+}

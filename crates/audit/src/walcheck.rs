@@ -21,6 +21,7 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Weak;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often the checkpointer looks for newly committed records.
@@ -34,19 +35,48 @@ const PASSES: usize = 2;
 /// a rare restart of the WAL copies each of them back once, not many times.
 pub(crate) const COMMITTER_PAGES: i64 = 8_000;
 
-/// Start the checkpointer for the database at `path`. It stops when the
-/// returned sender is dropped (the committer's end) or the log is gone.
+/// The running checkpointer, owned by the committer.
+pub(crate) struct Checkpointer {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Stop the thread and wait until its connection is closed, so that the
+    /// last connection to close (which copies the WAL back and deletes it)
+    /// is a known one. Also run on drop, should the committer end otherwise.
+    pub(crate) fn stop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the audit WAL checkpointer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Start the checkpointer for the database at `path`. It runs until stopped
+/// (the committer's end) or the log is gone.
 pub(crate) fn start(
     path: &Path,
     busy: Duration,
     inner: Weak<Inner>,
-) -> std::io::Result<Sender<()>> {
+) -> std::io::Result<Checkpointer> {
     let (tx, rx) = std::sync::mpsc::channel();
     let path = path.to_owned();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("audit-wal".into())
         .spawn(move || run(path, busy, inner, rx))?;
-    Ok(tx)
+    Ok(Checkpointer {
+        stop: Some(tx),
+        thread: Some(thread),
+    })
 }
 
 fn run(path: PathBuf, busy: Duration, inner: Weak<Inner>, stop: Receiver<()>) {

@@ -356,6 +356,16 @@ impl Auditor {
             tracing::info!(target: "portcullis::audit", batches = %inner.stats.snapshot(), "audit log closed");
         }
     }
+
+    /// `close`, then the readers' connections (`AuditDb::close`), which
+    /// leaves the log one self-contained file: for a process whose sinks are
+    /// stopped or that has none (the CLI, the end of `serve`).
+    pub async fn close_and_release(&self) {
+        self.close().await;
+        if let Some(db) = self.db() {
+            db.close().await;
+        }
+    }
 }
 
 fn key_id_of(public_hex: &str) -> String {

@@ -188,7 +188,7 @@ impl CliAudit {
 
     /// Seal and close the log; an error if a record was lost.
     pub(crate) async fn close(self) -> anyhow::Result<()> {
-        self.auditor.close().await;
+        self.auditor.close_and_release().await;
         if self.failed {
             bail!("an audit record could not be written (see above)");
         }

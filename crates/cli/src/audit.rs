@@ -91,7 +91,9 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             };
             let key = portcullis_audit::PublicKey::from_hex(&key_text)?;
             let db = AuditDb::open_existing(&path).await?;
-            let report = verify(&db, &key).await?;
+            let report = verify(&db, &key).await;
+            db.close().await;
+            let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if let Some(p) = &report.problem {
@@ -153,7 +155,9 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
                 limit: Some(limit),
             };
             let db = AuditDb::open_existing(&path).await?;
-            let rows = q.run(&db).await?;
+            let rows = q.run(&db).await;
+            db.close().await;
+            let rows = rows?;
             // Reading the audit log is itself an audited action.
             let auditor = Auditor::open_for_command(&config.audit, &data_dir).await?;
             auditor
@@ -163,7 +167,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
                     json!({"via": "cli", "query": query_detail(&q), "results": rows.len()}),
                 ))
                 .await?;
-            auditor.close().await;
+            auditor.close_and_release().await;
             if json {
                 for r in &rows {
                     println!("{}", r.export());
@@ -196,7 +200,7 @@ pub async fn run(a: AuditArgs) -> anyhow::Result<()> {
             }
             let auditor = Auditor::open_for_command(&config.audit, &data_dir).await?;
             let report = run_prune(&config, &data_dir, &auditor, days).await;
-            auditor.close().await;
+            auditor.close_and_release().await;
             let report = report?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

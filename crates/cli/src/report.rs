@@ -214,6 +214,7 @@ async fn build(config: &Config, since_us: i64, top: usize) -> anyhow::Result<Val
             }
         }
     }
+    db.close().await;
     let mut teams = serde_json::Map::new();
     for (team, tools) in &mut tally.teams {
         let mut rows: Vec<(String, u64, u64, u64)> = tools

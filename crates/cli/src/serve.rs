@@ -191,6 +191,11 @@ pub async fn run(config: Config, source: &str, on_listen: Option<OnListen>) -> a
     auditor.close().await;
     // After the log closes, so `audit.stopped` is still delivered.
     sinks.shutdown(std::time::Duration::from_secs(5)).await;
+    // Last of all the readers (the admin API's searches, the sinks): the WAL
+    // is then copied into the audit database and removed.
+    if let Some(db) = auditor.db() {
+        db.close().await;
+    }
     telemetry.shutdown().await;
     store.close().await;
     Ok(())
