@@ -37,9 +37,8 @@ pub(crate) struct Committer {
     path: PathBuf,
     /// Makes committed groups durable (`sync: full`); `None` with `sync: normal`.
     syncer: Option<std::sync::mpsc::Sender<Flush>>,
-    /// Keeps the WAL checkpointer running (`walcheck.rs`); it stops when this
-    /// is dropped with the committer.
-    _wal_checkpointer: std::sync::mpsc::Sender<()>,
+    /// The WAL checkpointer (`walcheck.rs`), stopped with the committer.
+    wal_checkpointer: crate::walcheck::Checkpointer,
     busy: Duration,
     conn: Option<Connection>,
     key: SigningKey,
@@ -69,7 +68,7 @@ impl Committer {
                 AuditSync::Full => Some(crate::syncer::start(path, inner.clone())?),
                 AuditSync::Normal => None,
             },
-            _wal_checkpointer: crate::walcheck::start(path, busy, inner.clone())?,
+            wal_checkpointer: crate::walcheck::start(path, busy, inner.clone())?,
             busy,
             conn: None,
             key,
@@ -153,7 +152,7 @@ impl Committer {
                 let gather = stop.is_none()
                     && !waited
                     && records.len() < self.max_batch
-                    && self.last_group > 1
+                    && worth_gathering(records.len(), self.last_group)
                     && !self.commit_delay.is_zero();
                 if !gather {
                     break;
@@ -189,6 +188,11 @@ impl Committer {
                         let _ = rx.recv();
                     }
                 }
+                // Both writing connections are closed before the log reports
+                // itself closed: the readers' pool, closed last, then copies
+                // the WAL into the database and deletes it (`AuditDb::close`).
+                self.conn = None;
+                self.wal_checkpointer.stop();
                 let _ = s.send(());
                 return;
             }
@@ -345,6 +349,21 @@ impl Committer {
     }
 }
 
+/// A group this large is committed as soon as it is drained: its commit and
+/// flush (~0.3 ms of CPU on the 2-core reference VM) are already shared by
+/// enough records, and waiting longer only parks its callers. This is the
+/// usual case on a busy core, where this `SCHED_BATCH` thread runs only once
+/// the server threads yield and finds everything queued since: there, a
+/// further gather cost ~10 % of throughput (`docs/performance-audit.md`).
+const ENOUGH_TO_COMMIT: usize = 16;
+
+/// Whether a group of `queued` records should wait `commit_delay` for
+/// companions: only under load (the previous group held more than one) and
+/// only while it is small.
+fn worth_gathering(queued: usize, last_group: usize) -> bool {
+    last_group > 1 && queued < ENOUGH_TO_COMMIT
+}
+
 /// Run this thread as `SCHED_BATCH`: the kernel then never lets it preempt a
 /// running server thread on wake-up, so on a saturated machine it runs when a
 /// server thread yields and commits everything queued by then, instead of
@@ -400,4 +419,22 @@ fn insert_checkpoint(conn: &Connection, c: &Checkpoint) -> Result<(), AuditError
 
 fn db_err(e: rusqlite::Error) -> AuditError {
     AuditError::WriteFailed(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_small_group_under_load_waits_for_companions() {
+        // Idle (the previous group was alone): never wait.
+        assert!(!worth_gathering(1, 0));
+        assert!(!worth_gathering(1, 1));
+        // Under load, a small group waits...
+        assert!(worth_gathering(1, 2));
+        assert!(worth_gathering(ENOUGH_TO_COMMIT - 1, 40));
+        // ...and one already large enough goes at once.
+        assert!(!worth_gathering(ENOUGH_TO_COMMIT, 2));
+        assert!(!worth_gathering(40, 40));
+    }
 }

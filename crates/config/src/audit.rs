@@ -27,8 +27,8 @@ pub struct Audit {
     /// Under load (the previous group held more than one record), how long a
     /// group waits for companions before it is committed: fewer, larger
     /// commits cost less per record. The wait is an eighth of this per record
-    /// of the previous group, all of it from eight on; an idle gateway never
-    /// waits.
+    /// of the previous group, all of it from eight on; a group already of 16
+    /// goes at once, and an idle gateway never waits.
     pub commit_delay_us: u64,
     /// A signed checkpoint of the chain head is written at least this often...
     pub checkpoint_every_records: u64,
