@@ -149,6 +149,34 @@ impl Columns {
     }
 }
 
+/// Open the log, checkpoint and close: alone, this connection is the last,
+/// and its close copies the WAL in and deletes it.
+/// A passive checkpoint first: it never blocks a writer (the CLI may run
+/// beside a gateway), and copies everything when nobody else is writing.
+/// The pool's connections may still be closing on their own threads, so
+/// while the WAL is still there this is tried a few times.
+fn settle_wal(path: &Path) -> rusqlite::Result<()> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(1))?;
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        conn.close().map_err(|(_, e)| e)?;
+        if !wal.exists() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct AuditDb {
     pool: SqlitePool,
@@ -205,6 +233,15 @@ impl AuditDb {
     /// stopped gateway leaves one self-contained file behind.
     pub async fn close(&self) {
         self.pool.close().await;
+        // Connections closing at the same moment can each still see another
+        // open and all skip that last copy, so one more connection, opened and
+        // closed alone, settles it. With the log still open elsewhere (the CLI
+        // beside a running gateway) it is not the last, and changes nothing.
+        let path = self.path.clone();
+        let settled = tokio::task::spawn_blocking(move || settle_wal(&path)).await;
+        if let Ok(Err(e)) = settled {
+            tracing::debug!(error = %e, "audit WAL left for the next open to recover");
+        }
     }
 
     pub fn path(&self) -> &Path {
