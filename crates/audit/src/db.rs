@@ -149,16 +149,22 @@ impl Columns {
     }
 }
 
+/// SQLite's write-ahead log beside the database at `db`.
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 /// Open the log, checkpoint and close: alone, this connection is the last,
 /// and its close copies the WAL in and deletes it.
-/// A passive checkpoint first: it never blocks a writer (the CLI may run
+///
+/// The checkpoint is passive: it never blocks a writer (the CLI may run
 /// beside a gateway), and copies everything when nobody else is writing.
 /// The pool's connections may still be closing on their own threads, so
 /// while the WAL is still there this is tried a few times.
 fn settle_wal(path: &Path) -> rusqlite::Result<()> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
+    let wal = wal_path(path);
     for attempt in 0..5 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(50));

@@ -23,9 +23,7 @@ pub(crate) enum Flush {
 
 /// Start the syncer for the database at `db_path`.
 pub(crate) fn start(db_path: &Path, inner: Weak<Inner>) -> std::io::Result<Sender<Flush>> {
-    let mut wal = db_path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
+    let wal = crate::db::wal_path(db_path);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("audit-sync".into())
